@@ -1,0 +1,111 @@
+"""RecBole's Config, taught where PRISM models and their defaults live.
+
+Same pattern as RecBole-GNN's ``recbole_gnn/config.py``.  On top of RecBole's own layers of
+defaults this adds, in order:
+
+1. ``prism_recbole/properties/overall.yaml`` (for every model run through this package, so a
+   RecBole baseline sees exactly the same data as a PRISM model);
+2. for a PRISM model, its backbone's RecBole defaults (``recbole/properties/model/SASRec.yaml``
+   for PRISM_SASRec), then ``prism_recbole/properties/model/<Model>.yaml``.
+
+Config files, the config dict and ``--key=value`` on the command line still override all of
+these, as in RecBole.  A few conveniences, each only when the user did not set the key:
+``data_path`` points at the bundled ``atomic_data/`` when the dataset is there;
+``train_neg_sample_args`` follows ``loss_type`` (none for CE, one uniform negative for BPR);
+the modality fields are added to ``load_col``.  Unknown ``prism_*`` options of a PRISM model
+are an error that names them.
+"""
+import os
+
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
+
+from prism_recbole.utils import get_model
+
+PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
+REPO_DIR = os.path.dirname(PACKAGE_DIR)
+BUNDLED_DATA_DIR = os.path.join(REPO_DIR, "atomic_data")
+RECBOLE_PROPERTIES_DIR = os.path.join(
+    os.path.dirname(os.path.realpath(__import__("recbole").__file__)), "properties"
+)
+
+
+def parse_list_option(value):
+    """``[a, b]`` / ``a,b`` / ``a`` from the command line or YAML -> ``["a", "b"]``."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\"")]
+
+
+class Config(RecBoleConfig):
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError(
+                    "model need to be specified in at least one of the these ways: "
+                    "[model variable, config file, config dict, command line] "
+                )
+        if isinstance(model, str):
+            model = get_model(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self._update_internal_config_dict(os.path.join(PROPERTIES_DIR, "overall.yaml"))
+        backbone = getattr(model_class, "backbone_name", None)
+        if backbone:
+            backbone_file = os.path.join(RECBOLE_PROPERTIES_DIR, "model", backbone + ".yaml")
+            if os.path.isfile(backbone_file):
+                self._update_internal_config_dict(backbone_file)
+        own_file = os.path.join(PROPERTIES_DIR, "model", model + ".yaml")
+        self._own_model_options = set()
+        if os.path.isfile(own_file):
+            own = self._update_internal_config_dict(own_file) or {}
+            self._own_model_options = set(own)
+
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        external = self.external_config_dict
+
+        if "data_path" not in external:
+            default_dir = os.path.join(final.get("data_path") or "dataset/", self.dataset)
+            bundled_dir = os.path.join(BUNDLED_DATA_DIR, self.dataset)
+            if not os.path.isdir(default_dir) and os.path.isdir(bundled_dir):
+                final["data_path"] = BUNDLED_DATA_DIR
+
+        if "train_neg_sample_args" not in external and final.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
+            loss_type = final.get("loss_type")
+            if loss_type == "CE":
+                final["train_neg_sample_args"] = None
+            elif loss_type == "BPR" and final.get("train_neg_sample_args") is None:
+                final["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
+
+        modalities = parse_list_option(final.get("modalities"))
+        final["modalities"] = modalities or None
+        load_col = final.get("load_col")
+        if modalities and isinstance(load_col, dict):
+            iid = final.get("ITEM_ID_FIELD", "item_id")
+            item_cols = list(load_col.get("item") or [iid])
+            for field in [iid] + modalities:
+                if field not in item_cols:
+                    item_cols.append(field)
+            load_col = dict(load_col)
+            load_col["item"] = item_cols
+            final["load_col"] = load_col
+
+        if getattr(self.model_class, "backbone_name", None):
+            known = {k for k in self._own_model_options if k.startswith("prism_")}
+            unknown = sorted(k for k in external if k.startswith("prism_") and k not in known)
+            if unknown:
+                raise ValueError(
+                    f"Unknown option(s) {', '.join(unknown)} for model {self.model}. "
+                    f"Known PRISM options: {', '.join(sorted(known))}."
+                )
+        return final

@@ -1,0 +1,279 @@
+"""The PRISM module: Interaction Expert Layer + Adaptive Fusion Layer, in one place.
+
+PRISM ("Personalized Recommendation via Information Synergy Module", arXiv 2601.10944).
+Notation (per batch): B sequences of length L, M modalities, hidden size D, K = M + 2 experts.
+
+    e_t        = E[s_t]                                    ID embedding of the item at position t
+    x^m_t      = W_m F_m[s_t] + b_m                        projected modality m of that item   (D)
+    r_t        = 1 if position t holds a real item, else 0 (RecBole pads on the right)
+    x̄^m        = Σ_t r_t p^m_t x^m_t / Σ_t r_t p^m_t        masked mean (p^m_t = item has modality m)
+    ē          = Σ_t r_t e_t / Σ_t r_t                     masked mean of the ID embeddings
+    x          = [x̄^1 ; ... ; x̄^M]                         (M·D)
+
+Interaction Expert Layer: experts f_k: M·D -> D (Linear, GELU, Dropout, Linear), one per kind
+    k = unique_1 .. unique_M, synergy, redundancy.
+    h_k        = f_k(x)                                    clean pass
+    h_k^{¬m}   = f_k(x with x̄^m replaced by ε ~ N(0, σ² I))  (training only)
+
+Auxiliary losses (training only), as in the authors' code (I2MoE's losses):
+    L_uni_m    = mean_{j≠m} TripletMargin(anchor h, positive h^{¬j}, negative h^{¬m}; margin)
+                 (the unique-m expert must change when m is hidden, and not when another is)
+    L_syn      = mean_m mean_b cos(h_syn, h_syn^{¬m})        (push away: needs every modality)
+    L_red      = mean_m mean_b (1 - cos(h_red, h_red^{¬m}))  (pull together: any one suffices)
+    L_aux      = λ_uni Σ_m L_uni_m + λ_syn L_syn + λ_red L_red
+
+Adaptive Fusion Layer: a gate over the experts, personalised by the user's ID summary ē:
+    w          = softmax( MLP([h_1 ; ... ; h_K ; ē]) / τ )  (K weights per user, sum 1)
+    z          = Σ_k w_k h_k                               fused vector (D)
+
+What the backbone receives: at every real position t, e_t + Σ_m x^m_t + z (z broadcast over the
+positions, as the authors' code does); its loss becomes L_rec + L_aux.
+
+Deviations from the authors' code (github.com/YutongLi2024/PRISM), each with an option:
+* pooling is a masked mean over the real items of the input prefix (theirs averages all L
+  positions, padding included: ``prism_pooling: full_mean`` reproduces that);
+* the expert's dropout acts on its hidden activation with rate ``prism_expert_dropout``; theirs
+  applies ``Dropout(0.5)`` to a tensor it then throws away, so their effective rate is 0, which
+  is our default;
+* any number M >= 1 of modalities (theirs hard-codes two).  With M = 1 there is no "other"
+  modality, so L_uni is 0;
+* noise passes and L_aux run in training only; evaluation runs the clean passes alone and is
+  deterministic (theirs runs all passes and draws noise at evaluation too);
+* the padding row of every table is zero and missing modalities are zero vectors with a
+  missing flag, excluded from the pooling (theirs: random rows).
+"""
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POOLING_MODES = ("masked_mean", "full_mean")
+
+
+@dataclass
+class PRISMOutput:
+    add_emb: torch.Tensor  # [B, L, D]  Σ_m x^m_t + z at real positions, 0 elsewhere
+    aux_loss: torch.Tensor  # scalar; 0 in evaluation
+    gate_weights: torch.Tensor  # [B, K]
+    fused: torch.Tensor  # [B, D]  z
+    expert_outputs: torch.Tensor  # [B, K, D]  clean h_k
+    aux_terms: Optional[dict] = None  # individual loss terms (training only)
+
+
+class ModalityFeatures(nn.Module):
+    """The item vector tables F_m and their projections W_m: item ids -> [.., M, D].
+
+    Tables are initialised from the dataset's dense tables.  ``trainable=True`` fine-tunes
+    them (the authors' code does); ``False`` keeps them as buffers (cheaper).  Row 0 and the
+    rows of items missing a modality stay out of every result (their projection is zeroed).
+    """
+
+    def __init__(self, tables: List[torch.Tensor], missing: List[torch.Tensor], hidden_size: int,
+                 trainable: bool = True, n_rows: Optional[int] = None):
+        super().__init__()
+        self.n_modalities = len(tables)
+        self.trainable = trainable
+        n_rows = n_rows or tables[0].shape[0]
+        present = torch.zeros(n_rows, self.n_modalities, dtype=torch.bool)
+        self.tables = nn.ModuleList() if trainable else None
+        for m, (table, miss) in enumerate(zip(tables, missing)):
+            full = torch.zeros(n_rows, table.shape[1], dtype=torch.float32)
+            full[: table.shape[0]] = table
+            present[: miss.shape[0], m] = ~miss
+            if trainable:
+                self.tables.append(nn.Embedding.from_pretrained(full, freeze=False, padding_idx=0))
+            else:
+                self.register_buffer(f"table_{m}", full, persistent=False)
+        present[0] = False
+        self.register_buffer("present", present, persistent=False)  # [n_rows, M]
+        self.projections = nn.ModuleList(nn.Linear(t.shape[1], hidden_size) for t in tables)
+
+    def table(self, m):
+        return self.tables[m].weight if self.trainable else getattr(self, f"table_{m}")
+
+    def buffer_names(self):
+        """Names of large buffers that DistributedDataParallel must not broadcast."""
+        return [] if self.trainable else [f"table_{m}" for m in range(self.n_modalities)]
+
+    def forward(self, item_ids: torch.Tensor):
+        """item_ids [U] (distinct ids) -> (projected [U, M, D] with missing and padding rows
+        zeroed, the same without zeroing, present [U, M])."""
+        raw = torch.stack(
+            [proj(self.table(m)[item_ids]) for m, proj in enumerate(self.projections)], dim=1
+        )
+        present = self.present[item_ids]
+        return raw * present.unsqueeze(-1), raw, present
+
+
+class Expert(nn.Module):
+    """f_k: Linear(M·D -> H), GELU, Dropout(p) on the hidden activation, Linear(H -> D)."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x):
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+def uniqueness_loss(clean, replaced, m, margin):
+    """L_uni_m: triplet(anchor h, positives h^{¬j} for j != m, negative h^{¬m}), mean over j."""
+    positives = [replaced[j] for j in range(len(replaced)) if j != m]
+    if not positives:
+        return clean.new_zeros(())
+    losses = [
+        F.triplet_margin_loss(clean, pos, replaced[m], margin=margin, p=2, eps=1e-7)
+        for pos in positives
+    ]
+    return torch.stack(losses).mean()
+
+
+def synergy_loss(clean, replaced):
+    """L_syn = mean_m mean_b cos(h, h^{¬m}); minimising it pushes h away from every h^{¬m}."""
+    return torch.stack([F.cosine_similarity(clean, r, dim=-1).mean() for r in replaced]).mean()
+
+
+def redundancy_loss(clean, replaced):
+    """L_red = mean_m mean_b (1 - cos(h, h^{¬m})); minimising it pulls h^{¬m} towards h."""
+    return torch.stack(
+        [(1.0 - F.cosine_similarity(clean, r, dim=-1)).mean() for r in replaced]
+    ).mean()
+
+
+class InteractionExpertLayer(nn.Module):
+    """M uniqueness experts, one synergy expert, one redundancy expert, and their losses."""
+
+    def __init__(self, n_modalities, hidden_size, expert_hidden, dropout, noise_std,
+                 margin, lambda_uni, lambda_syn, lambda_red, modality_names=None):
+        super().__init__()
+        self.n_modalities = n_modalities
+        self.noise_std = noise_std
+        self.margin = margin
+        self.lambda_uni, self.lambda_syn, self.lambda_red = lambda_uni, lambda_syn, lambda_red
+        names = modality_names or [str(m) for m in range(n_modalities)]
+        self.expert_names = [f"unique_{n}" for n in names] + ["synergy", "redundancy"]
+        self.experts = nn.ModuleList(
+            Expert(n_modalities * hidden_size, expert_hidden, hidden_size, dropout)
+            for _ in self.expert_names
+        )
+
+    def _replaced_inputs(self, pooled):
+        """[M, B, M·D]: for each m, the input with modality m replaced by fresh noise."""
+        inputs = []
+        for m in range(self.n_modalities):
+            parts = list(pooled.unbind(dim=1))
+            parts[m] = torch.randn_like(parts[m]) * self.noise_std
+            inputs.append(torch.cat(parts, dim=-1))
+        return torch.stack(inputs)
+
+    def forward(self, pooled: torch.Tensor, with_aux: bool):
+        """pooled: [B, M, D].  Returns (clean outputs [B, K, D], L_aux, terms or None)."""
+        x = pooled.flatten(1)  # [B, M·D]
+        if not with_aux:
+            return torch.stack([f(x) for f in self.experts], dim=1), x.new_zeros(()), None
+        clean, replaced = [], []
+        for expert in self.experts:
+            # one call per expert on [(1 + M)·B, M·D]: the clean input and M noisy copies,
+            # each expert drawing its own noise (as in the authors' code)
+            stacked = torch.cat([x.unsqueeze(0), self._replaced_inputs(pooled)], dim=0)
+            out = expert(stacked)  # [1 + M, B, D]
+            clean.append(out[0])
+            replaced.append(list(out[1:]))
+        M = self.n_modalities
+        terms = {}
+        for m in range(M):
+            terms[self.expert_names[m]] = uniqueness_loss(clean[m], replaced[m], m, self.margin)
+        terms["synergy"] = synergy_loss(clean[M], replaced[M])
+        terms["redundancy"] = redundancy_loss(clean[M + 1], replaced[M + 1])
+        aux = (
+            self.lambda_uni * sum(terms[self.expert_names[m]] for m in range(M))
+            + self.lambda_syn * terms["synergy"]
+            + self.lambda_red * terms["redundancy"]
+        )
+        return torch.stack(clean, dim=1), aux, terms
+
+
+class AdaptiveFusionLayer(nn.Module):
+    """w = softmax(MLP([h_1 ; ... ; h_K ; ē]) / τ);  z = Σ_k w_k h_k."""
+
+    def __init__(self, n_experts, hidden_size, gate_hidden, dropout, temperature):
+        super().__init__()
+        self.temperature = temperature
+        self.gate = nn.Sequential(
+            nn.Linear((n_experts + 1) * hidden_size, gate_hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(gate_hidden, n_experts),
+        )
+
+    def forward(self, expert_outputs, user_summary):
+        """expert_outputs: [B, K, D]; user_summary ē: [B, D] -> (z [B, D], w [B, K])."""
+        gate_input = torch.cat([expert_outputs.flatten(1), user_summary], dim=-1)
+        weights = torch.softmax(self.gate(gate_input) / self.temperature, dim=-1)
+        fused = torch.einsum("bk,bkd->bd", weights, expert_outputs)
+        return fused, weights
+
+
+class PRISMLayer(nn.Module):
+    """Modality features -> pooled -> experts -> gate -> what the backbone adds, and L_aux."""
+
+    def __init__(self, tables, missing, hidden_size, modality_names=None, pooling="masked_mean",
+                 expert_hidden=128, expert_dropout=0.0, gate_hidden=None, gate_dropout=0.3,
+                 temperature=0.7, noise_std=1.0, margin=1.0, lambda_uni=0.1, lambda_syn=0.1,
+                 lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None):
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ValueError(
+                f"option prism_pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}"
+            )
+        if temperature <= 0:
+            raise ValueError(f"option prism_temperature must be > 0, got {temperature}")
+        self.pooling = pooling
+        self.n_modalities = len(tables)
+        self.features = ModalityFeatures(tables, missing, hidden_size, trainable_features, n_rows)
+        self.interaction_experts = InteractionExpertLayer(
+            self.n_modalities, hidden_size, expert_hidden, expert_dropout, noise_std, margin,
+            lambda_uni, lambda_syn, lambda_red, modality_names,
+        )
+        self.expert_names = self.interaction_experts.expert_names
+        self.adaptive_fusion = AdaptiveFusionLayer(
+            len(self.expert_names), hidden_size, gate_hidden or 2 * hidden_size, gate_dropout,
+            temperature,
+        )
+        self.initializer_range = initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=initializer_range)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, item_seq, id_emb, real_mask, with_aux=None) -> PRISMOutput:
+        """item_seq [B, L] ids; id_emb [B, L, D] = E[item_seq]; real_mask [B, L] bool."""
+        with_aux = self.training if with_aux is None else with_aux
+        B, L = item_seq.shape
+        # Each distinct item of the batch is projected once (U <= B·L rows), and the pooling
+        # is a [B, U] x [U, D] product with the number of times each item occurs in each
+        # sequence, so no [B, L, M, D] tensor is ever built.
+        unique_ids, inverse = torch.unique(item_seq, return_inverse=True)  # [U], [B, L]
+        x, x_raw, present = self.features(unique_ids)  # [U, M, D], [U, M, D], [U, M]
+        occurrences = id_emb.new_zeros(B, unique_ids.numel())
+        if self.pooling == "masked_mean":
+            occurrences.scatter_add_(1, inverse, real_mask.to(id_emb.dtype))
+            weights = occurrences.unsqueeze(-1) * present.to(id_emb.dtype)  # [B, U, M]
+            pooled = torch.einsum("bum,umd->bmd", weights, x)
+            pooled = pooled / weights.sum(1).clamp(min=1.0).unsqueeze(-1)  # x̄^m  [B, M, D]
+            real = real_mask.to(id_emb.dtype).unsqueeze(1)  # [B, 1, L]
+            user_summary = torch.bmm(real, id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)  # ē
+        else:  # full_mean: the authors' unmasked mean over all L positions, padding included
+            occurrences.scatter_add_(1, inverse, torch.ones_like(id_emb[..., 0]))
+            pooled = torch.einsum("bu,umd->bmd", occurrences, x_raw) / L
+            user_summary = id_emb.mean(dim=1)
+        expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux)
+        fused, weights = self.adaptive_fusion(expert_outputs, user_summary)
+        # Σ_m x^m_t + z at the real positions, 0 elsewhere
+        add = (x.sum(dim=1)[inverse] + fused.unsqueeze(1)) * real_mask.unsqueeze(-1).to(fused.dtype)
+        return PRISMOutput(add, aux_loss, weights, fused, expert_outputs, terms)

@@ -1,0 +1,187 @@
+"""RecBole's trainer with checkpoints that load with ``torch.load(weights_only=True)``.
+
+torch >= 2.6 loads with ``weights_only=True`` by default.  RecBole 1.2.1 saves
+``{"config": Config, ...}`` with pickle protocol 4, which that loader rejects (the Config
+object drags in RecBole classes, yaml loaders and numpy scalars; protocol 4 adds the FRAME
+opcode), so ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail.
+
+We keep safe loading on and change what is written instead: the same keys as RecBole's
+checkpoint, but the config as a plain dict of strings, numbers, lists and dicts, the best
+score as a Python float, and a ``format`` tag.  Loading uses ``weights_only=True``; a file
+that holds anything else (a RecBole checkpoint, a pickled object) is refused with
+:class:`UnsafeCheckpointError` instead of being executed.
+"""
+import enum
+import numbers
+import os
+import pickle
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+
+CHECKPOINT_FORMAT = "prism_recbole.checkpoint/1"
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded with ``weights_only=True`` or is not ours."""
+
+
+def _to_plain(value):
+    """Turn a config value into something the weights-only unpickler accepts."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _is_safe(value):
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_safe(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _is_safe(v) for k, v in value.items())
+    return False
+
+
+def config_to_dict(config):
+    """The final config of a RecBole ``Config`` (or a dict) as plain Python values."""
+    items = config.final_config_dict if hasattr(config, "final_config_dict") else config
+    return {str(k): _to_plain(v) for k, v in items.items()}
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint written by prism_recbole, with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file holds objects other than tensors and plain Python
+            values, or was not written by prism_recbole.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"Refusing to load checkpoint {path}: it holds objects other than tensors and "
+            f"plain Python values, so it cannot be loaded safely (torch.load with "
+            f"weights_only=True said: {first}). prism_recbole only loads checkpoints it wrote "
+            f"itself; RecBole's own checkpoints pickle the whole Config object and are refused "
+            f"for that reason."
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UnsafeCheckpointError(
+            f"Refusing to load checkpoint {path}: it is not a prism_recbole checkpoint "
+            f"(expected format tag '{CHECKPOINT_FORMAT}')."
+        )
+    return checkpoint
+
+
+class SafeCheckpointMixin:
+    """Overrides the three places where RecBole's Trainer writes or reads a checkpoint."""
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        other = self.model.other_parameter()
+        safe_other = {}
+        for key, value in (other or {}).items():
+            if _is_safe(value):
+                safe_other[key] = value
+            else:
+                self.logger.warning(
+                    f"Not saving other_parameter '{key}' ({type(value).__name__}) in the "
+                    "checkpoint: it cannot be loaded safely; its tensors are in state_dict."
+                )
+        best = self.best_valid_score
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": config_to_dict(self.config),
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": None if best is None else float(best),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": safe_other or None,
+            "optimizer": self.optimizer.state_dict(),
+        }
+        save_checkpoint(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _barrier(self):
+        if not self.config["single_spec"] and torch.distributed.is_initialized():
+            # rank 0 writes the file; the others must not read it before it is complete
+            torch.distributed.barrier()
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self._barrier()
+        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if str(checkpoint["config"].get("model", "")).lower() != self.config["model"].lower():
+            self.logger.warning(
+                f"Checkpoint {resume_file} was written by model "
+                f"{checkpoint['config'].get('model')}, not {self.config['model']}."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self._barrier()
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(
+            eval_data, load_best_model=False, model_file=None, show_progress=show_progress
+        )
+
+
+class PrismTrainer(SafeCheckpointMixin, Trainer):
+    """RecBole's :class:`~recbole.trainer.Trainer` with safe checkpoints."""
+
+
+_SAFE_TRAINERS = {}
+
+
+def with_safe_checkpoints(trainer_class):
+    """A subclass of any RecBole trainer class with :class:`SafeCheckpointMixin` mixed in."""
+    if issubclass(trainer_class, SafeCheckpointMixin):
+        return trainer_class
+    if trainer_class not in _SAFE_TRAINERS:
+        _SAFE_TRAINERS[trainer_class] = type(
+            "Safe" + trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {}
+        )
+    return _SAFE_TRAINERS[trainer_class]
