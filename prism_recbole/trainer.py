@@ -15,6 +15,7 @@ import enum
 import numbers
 import os
 import pickle
+import re
 
 import torch
 from recbole.trainer import Trainer
@@ -71,6 +72,16 @@ def save_checkpoint(state, path):
             os.remove(tmp)
 
 
+def _unpickler_reason(err):
+    """The useful part of torch's weights-only error ('Unsupported global: ...')."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if match:
+        return f"torch.load(weights_only=True): {match.group(1).strip()}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"torch.load(weights_only=True): {lines[0] if lines else type(err).__name__}"
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint written by prism_recbole, with ``weights_only=True``.
 
@@ -84,15 +95,15 @@ def load_checkpoint(path, map_location="cpu"):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"Refusing to load checkpoint {path}: it holds objects other than tensors and "
-            f"plain Python values, so it cannot be loaded safely (torch.load with "
-            f"weights_only=True said: {first}). prism_recbole only loads checkpoints it wrote "
-            f"itself; RecBole's own checkpoints pickle the whole Config object and are refused "
-            f"for that reason."
+            f"plain Python values, so it cannot be loaded safely ({_unpickler_reason(err)}). "
+            "prism_recbole only loads checkpoints it wrote itself; RecBole's own checkpoints "
+            "pickle the whole Config object and are refused for that reason."
         ) from None
+    except EOFError:
+        raise UnsafeCheckpointError(f"Checkpoint {path} is empty or truncated") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UnsafeCheckpointError(
             f"Refusing to load checkpoint {path}: it is not a prism_recbole checkpoint "
