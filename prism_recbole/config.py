@@ -6,7 +6,8 @@ defaults this adds, in order:
 1. ``prism_recbole/properties/overall.yaml`` (for every model run through this package, so a
    RecBole baseline sees exactly the same data as a PRISM model);
 2. for a PRISM model, its backbone's RecBole defaults (``recbole/properties/model/SASRec.yaml``
-   for PRISM_SASRec), then ``prism_recbole/properties/model/<Model>.yaml``.
+   for PRISM_SASRec), then the PRISM options ``prism_recbole/properties/prism.yaml``, then
+   ``prism_recbole/properties/model/<Model>.yaml``.
 
 Config files, the config dict and ``--key=value`` on the command line still override all of
 these, as in RecBole.  A few conveniences, each only when the user did not set the key:
@@ -64,11 +65,15 @@ class Config(RecBoleConfig):
             backbone_file = os.path.join(RECBOLE_PROPERTIES_DIR, "model", backbone + ".yaml")
             if os.path.isfile(backbone_file):
                 self._update_internal_config_dict(backbone_file)
+            self._own_model_options = set(
+                self._update_internal_config_dict(os.path.join(PROPERTIES_DIR, "prism.yaml")) or {}
+            )
+        else:
+            self._own_model_options = set()
         own_file = os.path.join(PROPERTIES_DIR, "model", model + ".yaml")
-        self._own_model_options = set()
         if os.path.isfile(own_file):
             own = self._update_internal_config_dict(own_file) or {}
-            self._own_model_options = set(own)
+            self._own_model_options |= set(own)
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()

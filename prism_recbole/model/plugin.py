@@ -1,28 +1,43 @@
 """PRISM as a plug-in for RecBole sequential recommenders.
 
-A PRISM model is ``class PRISM_X(PRISMPlugin, X)`` for a RecBole backbone ``X`` that embeds its
-input sequence with ``self.item_embedding(item_seq)`` inside ``forward``.  Nothing of the
-backbone is copied:
+A PRISM model is a class declaration plus a YAML file::
 
-* ``forward`` marks the sequence tensor it was given;
+    class PRISM_GRU4Rec(PRISMPlugin, GRU4Rec):
+        backbone_name = "GRU4Rec"
+
+for any RecBole backbone that embeds its input sequence with ``self.item_embedding(item_seq)``
+inside ``forward``.  Nothing of the backbone is copied:
+
+* ``forward`` marks the sequence tensor it receives (the first 2-D integer tensor argument;
+  ``item_seq_len`` is the first 1-D integer tensor after it, if any);
 * a forward hook on ``self.item_embedding`` recognises that exact tensor, runs
   :class:`~prism_recbole.model.prism_layer.PRISMLayer` on it and returns
-  ``E[s_t] + Σ_m x^m_t + z`` instead of ``E[s_t]``; every other call of ``item_embedding``
-  (the candidates scored by the loss and by ``full_sort_predict``) is left alone, so
-  candidates are scored with ID embeddings, as in the authors' code;
+  ``E[s_t] + Σ_m x^m_t + z`` instead of ``E[s_t]``.  Every other call of ``item_embedding``
+  (the candidates scored by the loss and by ``full_sort_predict``) is left alone, so by default
+  candidates are scored with ID embeddings, as in the authors' code.  Whatever the backbone
+  does next (positions, LayerNorm, dropout, GRU, convolution ...) happens on the sum;
 * ``calculate_loss`` adds the auxiliary loss to the backbone's own loss.
 
+Backbones that cannot take it: models without an item-sequence embedding (general or
+context-aware recommenders), models whose ``forward`` embeds something other than the plain
+item sequence, and graph models whose input is a session graph (SR-GNN, GC-SAN; RecBole-GNN's
+models): there the "sequence tensor" the hook waits for never reaches ``item_embedding``,
+``calculate_loss`` then raises instead of silently training without PRISM.
+
 After any forward pass ``model.prism_gate_weights`` holds the gate weights ``[B, K]`` of the
-batch, in the order ``model.prism_expert_names``.
+batch, in the order ``model.prism_expert_names``.  ``model.prism_active = False`` switches the
+PRISM contribution off (the backbone then computes exactly what the plain backbone computes
+from the same weights; used by the tests).
 """
+from contextlib import contextmanager
+
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from prism_recbole.model.prism_layer import PRISMLayer
 
-_FLOAT_OPTIONS = [
-    "prism_expert_dropout", "prism_gate_dropout", "prism_temperature", "prism_noise_std",
-    "prism_margin", "prism_lambda_uni", "prism_lambda_syn", "prism_lambda_red",
-]
+ITEM_SIDES = ("id", "id+modal")
 
 
 def _float_option(config, key):
@@ -46,8 +61,10 @@ def _int_option(config, key, default=None):
     return int(number)
 
 
-def _bool_option(config, key):
+def _bool_option(config, key, default=False):
     value = config[key]
+    if value is None:
+        return default
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -55,10 +72,60 @@ def _bool_option(config, key):
     raise ValueError(f"option {key} must be true or false, got {value!r}")
 
 
+def _choice_option(config, key, choices, default):
+    value = config[key]
+    if value is None:
+        return default
+    if value not in choices:
+        raise ValueError(f"option {key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+class ModalItemEmbedding(nn.Embedding):
+    """Item table whose rows are ``E_i + Σ_m x^m_i`` (``prism_item_side: id+modal``).
+
+    Replaces the backbone's ``item_embedding``: every use of it (the input sequence and the
+    candidates scored by the loss and by ``full_sort_predict``) then sees the projected modality
+    vectors, which helps items with few interactions.  The ID table is the parameter
+    ``id_weight``; ``weight`` is computed, once per call of the model while a cache is open.
+    """
+
+    def __init__(self, base: nn.Embedding, prism_layer: PRISMLayer):
+        nn.Module.__init__(self)
+        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+        self.padding_idx, self.max_norm, self.norm_type = base.padding_idx, None, 2.0
+        self.scale_grad_by_freq, self.sparse = False, False
+        self.id_weight = base.weight
+        self._prism = [prism_layer]  # a list, so the layer is not registered twice
+        self._cache = None
+        self._caching = False
+
+    @property
+    def weight(self):
+        if self._caching and self._cache is not None:
+            return self._cache
+        weight = self.id_weight + self._prism[0].all_item_vectors()
+        if self._caching:
+            self._cache = weight
+        return weight
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight, self.padding_idx)
+
+    @contextmanager
+    def cached(self):
+        self._caching, self._cache = True, None
+        try:
+            yield
+        finally:
+            self._caching, self._cache = False, None
+
+
 class PRISMPlugin:
     """Mixin placed before a RecBole ``SequentialRecommender`` backbone (see module docs)."""
 
     backbone_name = None  # the RecBole class name; its YAML defaults are loaded first
+    prism_active = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -72,6 +139,7 @@ class PRISMPlugin:
             )
         hidden_size = self.item_embedding.embedding_dim
         self.prism_modalities = list(modalities)
+        self.prism_item_side = _choice_option(config, "prism_item_side", ITEM_SIDES, "id")
         self.prism = PRISMLayer(
             tables=[dataset.modality_features[f] for f in modalities],
             missing=[dataset.modality_missing[f] for f in modalities],
@@ -91,7 +159,12 @@ class PRISMPlugin:
             trainable_features=not _bool_option(config, "prism_freeze_features"),
             initializer_range=float(config["initializer_range"] or 0.02),
             n_rows=self.item_embedding.num_embeddings,
+            fusion_level=_choice_option(config, "prism_fusion_level", ("sequence", "item"), "sequence"),
+            # with id+modal the item table itself carries Σ_m x^m: do not add it twice
+            item_features=self.prism_item_side == "id",
         )
+        if self.prism_item_side == "id+modal":
+            self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)
         self.prism_expert_names = list(self.prism.expert_names)
         # frozen feature tables are identical on every rank: DDP must not broadcast them
         self._ddp_params_and_buffers_to_ignore = [
@@ -100,47 +173,101 @@ class PRISMPlugin:
         self.item_embedding.register_forward_hook(self._prism_embedding_hook)
         self._prism_sequence = None
         self._prism_sequence_len = None
+        self._prism_batch = None
         self._prism_aux_loss = None
         self.prism_gate_weights = None
         self.prism_output = None
 
-    def prism_real_mask(self, item_seq, item_seq_len=None):
-        """Positions that hold a real item: not padding (RecBole pads with id 0 on the right)
-        and, when the backbone's forward receives ``item_seq_len``, before that length."""
+    # ---- which positions -----------------------------------------------------------------
+    def prism_pool_mask(self, item_seq, item_seq_len=None):
+        """Positions whose items are pooled: real items, i.e. not padding (RecBole pads with id
+        0 on the right) and, when the backbone's forward receives ``item_seq_len``, before it."""
         mask = item_seq > 0
         if item_seq_len is not None:
             positions = torch.arange(item_seq.size(1), device=item_seq.device)
             mask = mask & (positions.unsqueeze(0) < item_seq_len.unsqueeze(1))
         return mask
 
-    def forward(self, item_seq, *args, **kwargs):
-        item_seq_len = kwargs.get("item_seq_len")
-        if item_seq_len is None and args and torch.is_tensor(args[0]) and args[0].dim() == 1:
-            item_seq_len = args[0]
-        self._prism_sequence = item_seq
-        self._prism_sequence_len = item_seq_len
+    def prism_add_mask(self, item_seq, item_seq_len=None):
+        """Positions that receive the PRISM addition (default: the pooled positions)."""
+        return self.prism_pool_mask(item_seq, item_seq_len)
+
+    # ---- the hook ------------------------------------------------------------------------
+    @staticmethod
+    def prism_find_sequence(args, kwargs):
+        """(item_seq, item_seq_len) among the backbone forward's arguments."""
+        item_seq, item_seq_len, start = kwargs.get("item_seq"), kwargs.get("item_seq_len"), 0
+        if item_seq is None:
+            for i, arg in enumerate(args):
+                if torch.is_tensor(arg) and arg.dim() == 2 and not arg.is_floating_point():
+                    item_seq, start = arg, i + 1
+                    break
+        if item_seq_len is None:
+            for arg in args[start:]:
+                if torch.is_tensor(arg) and arg.dim() == 1 and not arg.is_floating_point():
+                    item_seq_len = arg
+                    break
+        return item_seq, item_seq_len
+
+    def forward(self, *args, **kwargs):
+        item_seq, item_seq_len = self.prism_find_sequence(args, kwargs)
+        if item_seq_len is None and self._prism_batch is not None and item_seq is self._prism_batch[0]:
+            item_seq_len = self._prism_batch[1]  # e.g. Caser: forward(user, item_seq)
+        self._prism_sequence, self._prism_sequence_len = item_seq, item_seq_len
         try:
-            return super().forward(item_seq, *args, **kwargs)
+            return super().forward(*args, **kwargs)
         finally:
-            self._prism_sequence = None
-            self._prism_sequence_len = None
+            self._prism_sequence = self._prism_sequence_len = None
 
     def _prism_embedding_hook(self, module, inputs, output):
-        if self._prism_sequence is None or inputs[0] is not self._prism_sequence:
-            return None  # a candidate look-up, not the input sequence
-        item_seq = inputs[0]
-        out = self.prism(item_seq, output, self.prism_real_mask(item_seq, self._prism_sequence_len))
+        if not self.prism_active or self._prism_sequence is None or inputs[0] is not self._prism_sequence:
+            return None  # switched off, or a candidate look-up rather than the input sequence
+        item_seq, item_seq_len = inputs[0], self._prism_sequence_len
+        out = self.prism(
+            item_seq, output,
+            self.prism_pool_mask(item_seq, item_seq_len),
+            self.prism_add_mask(item_seq, item_seq_len),
+        )
         self._prism_aux_loss = out.aux_loss
         self.prism_gate_weights = out.gate_weights.detach()
         self.prism_output = out
         return output + out.add_emb
 
+    # ---- RecBole's entry points ----------------------------------------------------------
+    @contextmanager
+    def _prism_call(self, interaction):
+        """Around one call of the model: remember the batch's sequence and lengths (for
+        backbones whose forward does not receive the lengths) and cache the id+modal table."""
+        try:
+            self._prism_batch = (interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        except KeyError:
+            self._prism_batch = None
+        try:
+            if isinstance(self.item_embedding, ModalItemEmbedding):
+                with self.item_embedding.cached():
+                    yield
+            else:
+                yield
+        finally:
+            self._prism_batch = None
+
     def calculate_loss(self, interaction):
         self._prism_aux_loss = None
-        loss = super().calculate_loss(interaction)
+        with self._prism_call(interaction):
+            loss = super().calculate_loss(interaction)
+        if not self.prism_active:
+            return loss
         if self._prism_aux_loss is None:
             raise RuntimeError(
                 f"{type(self).__name__}: the backbone's forward did not embed the input "
                 "sequence with self.item_embedding(item_seq), so PRISM was not applied"
             )
         return loss + self._prism_aux_loss
+
+    def predict(self, interaction):
+        with self._prism_call(interaction):
+            return super().predict(interaction)
+
+    def full_sort_predict(self, interaction):
+        with self._prism_call(interaction):
+            return super().full_sort_predict(interaction)

@@ -219,21 +219,41 @@ class AdaptiveFusionLayer(nn.Module):
         return fused, weights
 
 
+FUSION_LEVELS = ("sequence", "item")
+
+
 class PRISMLayer(nn.Module):
-    """Modality features -> pooled -> experts -> gate -> what the backbone adds, and L_aux."""
+    """Modality features -> pooled -> experts -> gate -> what the backbone adds, and L_aux.
+
+    ``fusion_level="sequence"`` (the authors' design) runs the experts once per sequence on the
+    pooled vectors x̄ and broadcasts one fused vector z over the positions.  ``"item"`` (an
+    extension) runs them once per distinct item of the batch on that item's own vectors
+    [x^1_i ; ... ; x^M_i]; the gate still reads the user's summary (the mean expert outputs over
+    the user's items, and ē) and position t gets z_t = Σ_k w_k h_k(s_t).
+    ``item_features=False`` leaves Σ_m x^m_t out of what is added (when the candidate side
+    already carries the modality vectors, or to let the fused vector carry them alone).
+    """
 
     def __init__(self, tables, missing, hidden_size, modality_names=None, pooling="masked_mean",
                  expert_hidden=128, expert_dropout=0.0, gate_hidden=None, gate_dropout=0.3,
                  temperature=0.7, noise_std=1.0, margin=1.0, lambda_uni=0.1, lambda_syn=0.1,
-                 lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None):
+                 lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
+                 fusion_level="sequence", item_features=True):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(
                 f"option prism_pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}"
             )
+        if fusion_level not in FUSION_LEVELS:
+            raise ValueError(
+                f"option prism_fusion_level must be one of {', '.join(FUSION_LEVELS)}, "
+                f"got {fusion_level!r}"
+            )
         if temperature <= 0:
             raise ValueError(f"option prism_temperature must be > 0, got {temperature}")
         self.pooling = pooling
+        self.fusion_level = fusion_level
+        self.item_features = item_features
         self.n_modalities = len(tables)
         self.features = ModalityFeatures(tables, missing, hidden_size, trainable_features, n_rows)
         self.interaction_experts = InteractionExpertLayer(
@@ -251,10 +271,19 @@ class PRISMLayer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=initializer_range)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, item_seq, id_emb, real_mask, with_aux=None) -> PRISMOutput:
-        """item_seq [B, L] ids; id_emb [B, L, D] = E[item_seq]; real_mask [B, L] bool."""
+    def all_item_vectors(self):
+        """Σ_m x^m_i for every row of the tables: [n_rows, D] (zero for padding/missing)."""
+        ids = torch.arange(self.features.present.shape[0], device=self.features.present.device)
+        return self.features(ids)[0].sum(dim=1)
+
+    def forward(self, item_seq, id_emb, pool_mask, add_mask=None, with_aux=None) -> PRISMOutput:
+        """item_seq [B, L] ids; id_emb [B, L, D] = E[item_seq]; pool_mask [B, L] bool: the
+        positions whose items are pooled (real items); add_mask [B, L] bool: the positions that
+        receive the addition (default: pool_mask)."""
         with_aux = self.training if with_aux is None else with_aux
+        add_mask = pool_mask if add_mask is None else add_mask
         B, L = item_seq.shape
+        dtype = id_emb.dtype
         # Each distinct item of the batch is projected once (U <= B·L rows), and the pooling
         # is a [B, U] x [U, D] product with the number of times each item occurs in each
         # sequence, so no [B, L, M, D] tensor is ever built.
@@ -262,18 +291,38 @@ class PRISMLayer(nn.Module):
         x, x_raw, present = self.features(unique_ids)  # [U, M, D], [U, M, D], [U, M]
         occurrences = id_emb.new_zeros(B, unique_ids.numel())
         if self.pooling == "masked_mean":
-            occurrences.scatter_add_(1, inverse, real_mask.to(id_emb.dtype))
-            weights = occurrences.unsqueeze(-1) * present.to(id_emb.dtype)  # [B, U, M]
-            pooled = torch.einsum("bum,umd->bmd", weights, x)
-            pooled = pooled / weights.sum(1).clamp(min=1.0).unsqueeze(-1)  # x̄^m  [B, M, D]
-            real = real_mask.to(id_emb.dtype).unsqueeze(1)  # [B, 1, L]
+            occurrences.scatter_add_(1, inverse, pool_mask.to(dtype))
+            real = pool_mask.to(dtype).unsqueeze(1)  # [B, 1, L]
             user_summary = torch.bmm(real, id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)  # ē
         else:  # full_mean: the authors' unmasked mean over all L positions, padding included
             occurrences.scatter_add_(1, inverse, torch.ones_like(id_emb[..., 0]))
-            pooled = torch.einsum("bu,umd->bmd", occurrences, x_raw) / L
             user_summary = id_emb.mean(dim=1)
-        expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux)
-        fused, weights = self.adaptive_fusion(expert_outputs, user_summary)
-        # Σ_m x^m_t + z at the real positions, 0 elsewhere
-        add = (x.sum(dim=1)[inverse] + fused.unsqueeze(1)) * real_mask.unsqueeze(-1).to(fused.dtype)
-        return PRISMOutput(add, aux_loss, weights, fused, expert_outputs, terms)
+
+        if self.fusion_level == "sequence":
+            if self.pooling == "masked_mean":
+                weights = occurrences.unsqueeze(-1) * present.to(dtype)  # [B, U, M]
+                pooled = torch.einsum("bum,umd->bmd", weights, x)
+                pooled = pooled / weights.sum(1).clamp(min=1.0).unsqueeze(-1)  # x̄^m [B, M, D]
+            else:
+                pooled = torch.einsum("bu,umd->bmd", occurrences, x_raw) / L
+            expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux)
+            fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
+            per_position = fused.unsqueeze(1)  # z, broadcast over the positions
+        else:  # item level: experts on each distinct real item of the batch
+            real_item = present.any(dim=1)  # [U]: not padding / mask token / all-missing
+            item_outputs = x.new_zeros(unique_ids.numel(), len(self.expert_names), x.shape[-1])
+            if real_item.any():
+                outputs, aux_loss, terms = self.interaction_experts(x[real_item], with_aux)
+                item_outputs = item_outputs.index_put((real_item.nonzero().squeeze(1),), outputs)
+            else:
+                aux_loss, terms = x.new_zeros(()), None
+            counts = occurrences.sum(1).clamp(min=1.0)
+            expert_outputs = torch.einsum("bu,ukd->bkd", occurrences, item_outputs) / counts[:, None, None]
+            fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
+            per_position = torch.einsum("bk,blkd->bld", gate_weights, item_outputs[inverse])
+
+        add = per_position
+        if self.item_features:
+            add = x.sum(dim=1)[inverse] + add  # Σ_m x^m_t + z
+        add = add * add_mask.unsqueeze(-1).to(dtype)  # only at the chosen positions
+        return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms)
