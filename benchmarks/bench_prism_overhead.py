@@ -343,6 +343,11 @@ def bench_backbone(backbone, args, extra):
     if args.threads:  # again, in case anything above changed it
         torch.set_num_threads(args.threads)
     batches = materialise_batches(prism_config, train_data, args.batches)
+    # building the dataloaders writes a few keys into the config that loaded the data (e.g.
+    # BERT4Rec's transform names MASK_ITEM_SEQ, POS_ITEMS ...); the plain model needs them too
+    for key, value in prism_config.final_config_dict.items():
+        if key not in plain_config.final_config_dict:
+            plain_config[key] = value
     device = prism_config["device"]
     full_epoch = len(train_data)
     log(f"[{backbone}] {len(batches)} batches (an epoch has {full_epoch}) on {device}")

@@ -113,4 +113,20 @@ class Config(RecBoleConfig):
                     f"Unknown option(s) {', '.join(unknown)} for model {self.model}. "
                     f"Known PRISM options: {', '.join(sorted(known))}."
                 )
+            self._check_ablation_options(final, external)
         return final
+
+    @staticmethod
+    def _check_ablation_options(final, external):
+        """Settings that contradict each other are one error naming both options."""
+        if str(final.get("prism_fusion")) != "none":
+            return
+        if "prism_aux_loss" in external and str(final.get("prism_aux_loss")).lower() == "true":
+            raise ValueError(
+                "prism_fusion: none has no experts, so prism_aux_loss: true contradicts it "
+                "(set prism_aux_loss: false or choose another prism_fusion)"
+            )
+        if "prism_experts" in external:
+            raise ValueError(
+                "prism_fusion: none has no experts, so setting prism_experts contradicts it"
+            )

@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prism_recbole.model.prism_layer import PRISMLayer
+from prism_recbole.config import parse_list_option
+from prism_recbole.model.prism_layer import EXPERT_KINDS, FUSION_MODES, PRISMLayer
 
 ITEM_SIDES = ("id", "id+modal")
 
@@ -140,6 +141,13 @@ class PRISMPlugin:
         hidden_size = self.item_embedding.embedding_dim
         self.prism_modalities = list(modalities)
         self.prism_item_side = _choice_option(config, "prism_item_side", ITEM_SIDES, "id")
+        item_features = _bool_option(config, "prism_item_features", True)
+        fusion = _choice_option(config, "prism_fusion", FUSION_MODES, "adaptive")
+        if fusion == "none" and not item_features and self.prism_item_side == "id":
+            raise ValueError(
+                "prism_fusion: none with prism_item_features: false leaves no modality "
+                "information at all; use the plain backbone instead"
+            )
         self.prism = PRISMLayer(
             tables=[dataset.modality_features[f] for f in modalities],
             missing=[dataset.modality_missing[f] for f in modalities],
@@ -161,7 +169,10 @@ class PRISMPlugin:
             n_rows=self.item_embedding.num_embeddings,
             fusion_level=_choice_option(config, "prism_fusion_level", ("sequence", "item"), "sequence"),
             # with id+modal the item table itself carries Σ_m x^m: do not add it twice
-            item_features=self.prism_item_side == "id",
+            item_features=item_features and self.prism_item_side == "id",
+            fusion=fusion,
+            experts=parse_list_option(config["prism_experts"]) or list(EXPERT_KINDS),
+            aux_loss=_bool_option(config, "prism_aux_loss", True),
         )
         if self.prism_item_side == "id+modal":
             self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)

@@ -145,18 +145,40 @@ def redundancy_loss(clean, replaced):
     ).mean()
 
 
+EXPERT_KINDS = ("unique", "synergy", "redundancy")
+
+
 class InteractionExpertLayer(nn.Module):
-    """M uniqueness experts, one synergy expert, one redundancy expert, and their losses."""
+    """M uniqueness experts, one synergy expert, one redundancy expert, and their losses.
+
+    ``kinds`` keeps a subset of the expert kinds (for ablations); "unique" means one expert per
+    modality.  Expert k's loss is computed only for the experts that exist.
+    """
 
     def __init__(self, n_modalities, hidden_size, expert_hidden, dropout, noise_std,
-                 margin, lambda_uni, lambda_syn, lambda_red, modality_names=None):
+                 margin, lambda_uni, lambda_syn, lambda_red, modality_names=None,
+                 kinds=EXPERT_KINDS):
         super().__init__()
+        unknown = [k for k in kinds if k not in EXPERT_KINDS]
+        if unknown or not kinds:
+            raise ValueError(
+                f"option prism_experts must be a non-empty subset of {list(EXPERT_KINDS)}, "
+                f"got {list(kinds)}"
+            )
         self.n_modalities = n_modalities
         self.noise_std = noise_std
         self.margin = margin
         self.lambda_uni, self.lambda_syn, self.lambda_red = lambda_uni, lambda_syn, lambda_red
         names = modality_names or [str(m) for m in range(n_modalities)]
-        self.expert_names = [f"unique_{n}" for n in names] + ["synergy", "redundancy"]
+        self.expert_names = []
+        self.expert_kinds = []  # (kind, modality index or None) per expert
+        if "unique" in kinds:
+            self.expert_names += [f"unique_{n}" for n in names]
+            self.expert_kinds += [("unique", m) for m in range(n_modalities)]
+        for kind in ("synergy", "redundancy"):
+            if kind in kinds:
+                self.expert_names.append(kind)
+                self.expert_kinds.append((kind, None))
         self.experts = nn.ModuleList(
             Expert(n_modalities * hidden_size, expert_hidden, hidden_size, dropout)
             for _ in self.expert_names
@@ -176,25 +198,24 @@ class InteractionExpertLayer(nn.Module):
         x = pooled.flatten(1)  # [B, M·D]
         if not with_aux:
             return torch.stack([f(x) for f in self.experts], dim=1), x.new_zeros(()), None
-        clean, replaced = [], []
-        for expert in self.experts:
+        clean, terms = [], {}
+        aux = x.new_zeros(())
+        for name, (kind, m), expert in zip(self.expert_names, self.expert_kinds, self.experts):
             # one call per expert on [(1 + M)·B, M·D]: the clean input and M noisy copies,
             # each expert drawing its own noise (as in the authors' code)
             stacked = torch.cat([x.unsqueeze(0), self._replaced_inputs(pooled)], dim=0)
             out = expert(stacked)  # [1 + M, B, D]
             clean.append(out[0])
-            replaced.append(list(out[1:]))
-        M = self.n_modalities
-        terms = {}
-        for m in range(M):
-            terms[self.expert_names[m]] = uniqueness_loss(clean[m], replaced[m], m, self.margin)
-        terms["synergy"] = synergy_loss(clean[M], replaced[M])
-        terms["redundancy"] = redundancy_loss(clean[M + 1], replaced[M + 1])
-        aux = (
-            self.lambda_uni * sum(terms[self.expert_names[m]] for m in range(M))
-            + self.lambda_syn * terms["synergy"]
-            + self.lambda_red * terms["redundancy"]
-        )
+            replaced = list(out[1:])
+            if kind == "unique":
+                terms[name] = uniqueness_loss(out[0], replaced, m, self.margin)
+                aux = aux + self.lambda_uni * terms[name]
+            elif kind == "synergy":
+                terms[name] = synergy_loss(out[0], replaced)
+                aux = aux + self.lambda_syn * terms[name]
+            else:
+                terms[name] = redundancy_loss(out[0], replaced)
+                aux = aux + self.lambda_red * terms[name]
         return torch.stack(clean, dim=1), aux, terms
 
 
@@ -219,7 +240,17 @@ class AdaptiveFusionLayer(nn.Module):
         return fused, weights
 
 
+class UniformFusionLayer(nn.Module):
+    """Fixed equal weights: w_k = 1/K, z = mean_k h_k (the "uniform" ablation; no parameters)."""
+
+    def forward(self, expert_outputs, user_summary):
+        B, K = expert_outputs.shape[:2]
+        weights = expert_outputs.new_full((B, K), 1.0 / K)
+        return expert_outputs.mean(dim=1), weights
+
+
 FUSION_LEVELS = ("sequence", "item")
+FUSION_MODES = ("adaptive", "uniform", "none")
 
 
 class PRISMLayer(nn.Module):
@@ -232,14 +263,25 @@ class PRISMLayer(nn.Module):
     the user's items, and ē) and position t gets z_t = Σ_k w_k h_k(s_t).
     ``item_features=False`` leaves Σ_m x^m_t out of what is added (when the candidate side
     already carries the modality vectors, or to let the fused vector carry them alone).
+
+    Ablations: ``fusion="uniform"`` replaces the gate by fixed equal weights; ``fusion="none"``
+    has no experts, no gate, no auxiliary loss and no noise passes: the backbone gets the item
+    features Σ_m x^m_t alone.  ``experts`` keeps a subset of the expert kinds; ``aux_loss=False``
+    trains the experts without their auxiliary losses (and without the noise passes).
     """
 
     def __init__(self, tables, missing, hidden_size, modality_names=None, pooling="masked_mean",
                  expert_hidden=128, expert_dropout=0.0, gate_hidden=None, gate_dropout=0.3,
                  temperature=0.7, noise_std=1.0, margin=1.0, lambda_uni=0.1, lambda_syn=0.1,
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
-                 fusion_level="sequence", item_features=True):
+                 fusion_level="sequence", item_features=True, fusion="adaptive",
+                 experts=EXPERT_KINDS, aux_loss=True):
         super().__init__()
+        if fusion not in FUSION_MODES:
+            raise ValueError(
+                f"option prism_fusion must be one of {', '.join(FUSION_MODES)}, got {fusion!r}"
+            )
+
         if pooling not in POOLING_MODES:
             raise ValueError(
                 f"option prism_pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}"
@@ -254,17 +296,26 @@ class PRISMLayer(nn.Module):
         self.pooling = pooling
         self.fusion_level = fusion_level
         self.item_features = item_features
+        self.fusion = fusion
+        self.aux_loss = aux_loss
         self.n_modalities = len(tables)
         self.features = ModalityFeatures(tables, missing, hidden_size, trainable_features, n_rows)
-        self.interaction_experts = InteractionExpertLayer(
-            self.n_modalities, hidden_size, expert_hidden, expert_dropout, noise_std, margin,
-            lambda_uni, lambda_syn, lambda_red, modality_names,
-        )
-        self.expert_names = self.interaction_experts.expert_names
-        self.adaptive_fusion = AdaptiveFusionLayer(
-            len(self.expert_names), hidden_size, gate_hidden or 2 * hidden_size, gate_dropout,
-            temperature,
-        )
+        if fusion == "none":
+            self.interaction_experts = self.adaptive_fusion = None
+            self.expert_names = []
+        else:
+            self.interaction_experts = InteractionExpertLayer(
+                self.n_modalities, hidden_size, expert_hidden, expert_dropout, noise_std, margin,
+                lambda_uni, lambda_syn, lambda_red, modality_names, kinds=tuple(experts),
+            )
+            self.expert_names = self.interaction_experts.expert_names
+            if fusion == "adaptive":
+                self.adaptive_fusion = AdaptiveFusionLayer(
+                    len(self.expert_names), hidden_size, gate_hidden or 2 * hidden_size,
+                    gate_dropout, temperature,
+                )
+            else:
+                self.adaptive_fusion = UniformFusionLayer()
         self.initializer_range = initializer_range
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -280,10 +331,17 @@ class PRISMLayer(nn.Module):
         """item_seq [B, L] ids; id_emb [B, L, D] = E[item_seq]; pool_mask [B, L] bool: the
         positions whose items are pooled (real items); add_mask [B, L] bool: the positions that
         receive the addition (default: pool_mask)."""
-        with_aux = self.training if with_aux is None else with_aux
+        with_aux = (self.training and self.aux_loss) if with_aux is None else with_aux
         add_mask = pool_mask if add_mask is None else add_mask
         B, L = item_seq.shape
         dtype = id_emb.dtype
+        if self.fusion == "none":  # the item features alone: no experts, gate or aux loss
+            unique_ids, inverse = torch.unique(item_seq, return_inverse=True)
+            x = self.features(unique_ids)[0]
+            add = x.sum(dim=1)[inverse] * add_mask.unsqueeze(-1).to(dtype)
+            zeros = id_emb.new_zeros(B, 0)
+            return PRISMOutput(add, id_emb.new_zeros(()), zeros, id_emb.new_zeros(B, id_emb.shape[-1]),
+                               id_emb.new_zeros(B, 0, id_emb.shape[-1]), None)
         # Each distinct item of the batch is projected once (U <= B·L rows), and the pooling
         # is a [B, U] x [U, D] product with the number of times each item occurs in each
         # sequence, so no [B, L, M, D] tensor is ever built.
