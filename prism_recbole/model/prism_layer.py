@@ -358,9 +358,10 @@ class PRISMLayer(nn.Module):
 
         if self.fusion_level == "sequence":
             if self.pooling == "masked_mean":
-                weights = occurrences.unsqueeze(-1) * present.to(dtype)  # [B, U, M]
-                pooled = torch.einsum("bum,umd->bmd", weights, x)
-                pooled = pooled / weights.sum(1).clamp(min=1.0).unsqueeze(-1)  # x̄^m [B, M, D]
+                # [M, B, U]: how often each item that has modality m occurs in each sequence
+                weights = occurrences.unsqueeze(0) * present.t().to(dtype).unsqueeze(1)
+                pooled = torch.bmm(weights, x.transpose(0, 1))  # [M, B, D], no big permute
+                pooled = (pooled / weights.sum(-1, keepdim=True).clamp(min=1.0)).transpose(0, 1)
             else:
                 pooled = torch.einsum("bu,umd->bmd", occurrences, x_raw) / L
             expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux)
