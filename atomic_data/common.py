@@ -251,3 +251,23 @@ def read_meta(paths):
             raise RawInputError(f"{paths.meta}, line {line_no}: no 'item_id'")
         items.append(record)
     return items
+
+
+def report_errors(function, *args):
+    """Run one step; bad input ends in one ``error: ...`` line and exit code 2, not a traceback."""
+    try:
+        function(*args)
+    except (RawInputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def step_main(prog, description, add_arguments, run_from_args, argv=None):
+    """The command line of one step: its own options, then :func:`report_errors`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return report_errors(run_from_args, parser.parse_args(argv))

@@ -34,7 +34,6 @@ Bad input: a truncated gzip file, or a line that is neither JSON nor a Python di
 is an error naming the file and line (``--skip-bad-lines`` counts and skips such lines
 instead); a review with no user, item or timestamp is skipped and counted in the summary.
 """
-import argparse
 import csv
 import datetime as dt
 import html
@@ -51,6 +50,7 @@ from atomic_data.common import (
     DEFAULT_OUT,
     DatasetPaths,
     RawInputError,
+    step_main,
     atomic_write,
     check_token,
     iter_lines,
@@ -595,16 +595,7 @@ def run_from_args(args, quiet=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m atomic_data.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_from_args(args)
-    except (RawInputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return step_main("python -m atomic_data.convert", __doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

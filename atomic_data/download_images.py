@@ -20,7 +20,6 @@ for Yelp photos) becomes ``<out>/<name>/images/<item_id>.<ext>``:
   and recorded as a failure (``--allow-host`` adds hosts), and environment proxy settings are
   ignored (``--proxy`` sets one).
 """
-import argparse
 import contextlib
 import http.client
 import io
@@ -37,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from atomic_data.common import (
     DEFAULT_OUT,
     DatasetPaths,
-    RawInputError,
+    step_main,
     atomic_write,
     image_stem,
     print_summary,
@@ -328,16 +327,7 @@ def run_from_args(args, quiet=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m atomic_data.download_images", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_from_args(args)
-    except (RawInputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return step_main("python -m atomic_data.download_images", __doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Reads ``NAME.meta.jsonl`` (item text) and ``images/`` (one image per item, from
   other settings (model, dtype, normalisation) is discarded. ``--clean-work`` deletes the
   folder after success.
 """
-import argparse
 import contextlib
 import hashlib
 import json
@@ -45,7 +44,7 @@ import numpy as np
 from atomic_data.common import (
     DEFAULT_OUT,
     DatasetPaths,
-    RawInputError,
+    step_main,
     atomic_write,
     image_stem,
     print_summary,
@@ -428,16 +427,7 @@ def run_from_args(args, quiet=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m atomic_data.extract_clip", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_from_args(args)
-    except (RawInputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return step_main("python -m atomic_data.extract_clip", __doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import sys
 
 from atomic_data import convert, download_images, extract_clip
-from atomic_data.common import DEFAULT_OUT, RawInputError
+from atomic_data.common import DEFAULT_OUT, report_errors
 
 
 def build_parser():
@@ -49,12 +49,7 @@ def run(argv=None):
 
 
 def main(argv=None):
-    try:
-        run(argv)
-    except (RawInputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(run, argv)
 
 
 if __name__ == "__main__":
