@@ -69,6 +69,24 @@ class AtomicFileError(ValueError):
     """A malformed atomic file or a bad item vector; the message names file, line and field."""
 
 
+def common_vector_length(filepath, field, lengths, lines, tokens):
+    """The length shared by the non-empty vectors of ``field`` (the most common one); any
+    other length is an error naming the line, the item and both lengths.
+    Returns ``(dim, nonempty mask)``."""
+    nonempty = lengths > 0
+    if not nonempty.any():
+        raise AtomicFileError(f"{filepath}: modality field '{field}' is empty for every item")
+    dim = Counter(lengths[nonempty].tolist()).most_common(1)[0][0]
+    wrong = np.flatnonzero(nonempty & (lengths != dim))
+    if wrong.size:
+        i = wrong[0]
+        raise AtomicFileError(
+            f"{filepath}, line {lines[i]}: item '{tokens[i]}' has a '{field}' vector "
+            f"of length {lengths[i]}, but the other '{field}' vectors have length {dim}"
+        )
+    return int(dim), nonempty
+
+
 def check_column_counts(filepath, field_separator="\t", encoding="utf-8"):
     """Every non-empty line must have as many columns as the header (pandas pads or drops)."""
     with open(filepath, "r", encoding=encoding) as f:
@@ -271,17 +289,7 @@ def validate_item_vectors(vectors, filepath, modalities):
         )
     for field in modalities:
         lengths = vectors._lengths[field]
-        nonempty = lengths > 0
-        if not nonempty.any():
-            raise AtomicFileError(f"{filepath}: modality field '{field}' is empty for every item")
-        dim = Counter(lengths[nonempty].tolist()).most_common(1)[0][0]
-        wrong = np.flatnonzero(nonempty & (lengths != dim))
-        if wrong.size:
-            i = wrong[0]
-            raise AtomicFileError(
-                f"{filepath}, line {lines[i]}: item '{tokens[i]}' has a '{field}' vector "
-                f"of length {lengths[i]}, but the other '{field}' vectors have length {dim}"
-            )
+        dim, nonempty = common_vector_length(filepath, field, lengths, lines, tokens)
         bad = vectors._first_nonfinite[field]
         if bad is not None:
             i, value = bad
@@ -556,19 +564,7 @@ class ModalityFeaturesMixin:
                 )
             vectors = df[field].values
             lengths = np.fromiter((len(v) for v in vectors), dtype=np.int64, count=len(vectors))
-            nonempty = lengths > 0
-            if not nonempty.any():
-                raise AtomicFileError(
-                    f"{filepath}: modality field '{field}' is empty for every item"
-                )
-            dim = Counter(lengths[nonempty].tolist()).most_common(1)[0][0]
-            wrong = np.flatnonzero(nonempty & (lengths != dim))
-            if wrong.size:
-                i = wrong[0]
-                raise AtomicFileError(
-                    f"{filepath}, line {lines[i]}: item '{tokens[i]}' has a '{field}' vector "
-                    f"of length {lengths[i]}, but the other '{field}' vectors have length {dim}"
-                )
+            dim, nonempty = common_vector_length(filepath, field, lengths, lines, tokens)
             for i in np.flatnonzero(nonempty):
                 if not np.isfinite(vectors[i]).all():
                     bad = vectors[i][~np.isfinite(vectors[i])][0]
