@@ -271,3 +271,10 @@ def step_main(prog, description, add_arguments, run_from_args, argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return report_errors(run_from_args, parser.parse_args(argv))
+
+
+def add_common_arguments(parser, progress_help="no progress bar"):
+    """--name, --out and --no-progress, shared by every step's command line."""
+    parser.add_argument("--name", required=True, help="dataset name (folder and file names)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help=progress_help)

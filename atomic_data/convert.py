@@ -50,6 +50,7 @@ from atomic_data.common import (
     DEFAULT_OUT,
     DatasetPaths,
     RawInputError,
+    add_common_arguments,
     step_main,
     atomic_write,
     check_token,
@@ -557,9 +558,7 @@ def add_arguments(parser, common=True):
     """Conversion options (``common``: also --out, --name; the pipeline adds those once)."""
     parser.add_argument("format", choices=FORMATS, help="raw data release")
     if common:
-        parser.add_argument("--name", required=True, help="dataset name (folder and file names)")
-        parser.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+        add_common_arguments(parser, "no progress bars")
     g = parser.add_argument_group("convert")
     g.add_argument("--reviews", help="reviews file (JSON lines; .gz or plain)")
     g.add_argument("--ratings", help="Amazon ratings-only CSV instead of (or with) --reviews")

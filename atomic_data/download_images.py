@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from atomic_data.common import (
     DEFAULT_OUT,
     DatasetPaths,
+    add_common_arguments,
     step_main,
     atomic_write,
     image_stem,
@@ -300,9 +301,7 @@ def download_images(name, out=DEFAULT_OUT, workers=16, timeout=10.0, max_time=60
 
 def add_arguments(parser, common=True):
     if common:
-        parser.add_argument("--name", required=True, help="dataset name")
-        parser.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_common_arguments(parser, "no progress bar")
     g = parser.add_argument_group("download_images")
     g.add_argument("--workers", type=int, default=16, help="concurrent downloads (default: %(default)s)")
     g.add_argument("--timeout", type=float, default=10.0, help="seconds per network operation (default: %(default)s)")

@@ -44,6 +44,7 @@ import numpy as np
 from atomic_data.common import (
     DEFAULT_OUT,
     DatasetPaths,
+    add_common_arguments,
     step_main,
     atomic_write,
     image_stem,
@@ -398,9 +399,7 @@ def extract_clip(name, out=DEFAULT_OUT, model=DEFAULT_MODEL, batch_size=64, devi
 
 def add_arguments(parser, common=True):
     if common:
-        parser.add_argument("--name", required=True, help="dataset name")
-        parser.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+        add_common_arguments(parser, "no progress bars")
     g = parser.add_argument_group("extract_clip")
     g.add_argument("--model", default=DEFAULT_MODEL, help="CLIP checkpoint name or local folder (default: %(default)s)")
     g.add_argument("--local-files-only", action="store_true", help="never download the model")

@@ -42,19 +42,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_prism_overhead import (  # noqa: E402  (shared benchmark helpers)
     WARMUP_STEPS,
+    build_arms,
     add_common_options,
-    build_model,
     interleaved_timing,
     load_data,
     log,
     make_config,
-    make_optimizer,
     materialise_batches,
     measure_peak_memory,
     parse_extra,
     split_list,
     summarise_times,
-    train_step,
 )
 from recbole.utils import init_seed  # noqa: E402
 
@@ -101,18 +99,7 @@ def main(argv=None):
     log(f"{len(batches)} batches (an epoch has {epoch_batches}) on {device}")
 
     arms_configs = {args.baseline: base_config, **configs}
-    models, optimizers = {}, {}
-    for name, config in arms_configs.items():
-        models[name] = build_model(config, train_data)
-        models[name].train()
-        optimizers[name] = make_optimizer(models[name])
-    n_params = {name: sum(p.numel() for p in m.parameters() if p.requires_grad)
-                for name, m in models.items()}
-
-    def stepper(name):
-        return lambda batch: train_step(models[name], optimizers[name], batch)
-
-    arms = [(name, stepper(name)) for name in arms_configs]
+    models, optimizers, n_params, arms = build_arms(arms_configs, train_data)
     log(f"warm-up: {WARMUP_STEPS} batches per model")
     for _, step in arms:
         for batch in batches[:WARMUP_STEPS]:

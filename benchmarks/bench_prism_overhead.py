@@ -328,6 +328,23 @@ def measure_peak_memory(config, train_data, batches, mem_batches):
 # --------------------------------------------------------------------------- benchmark
 
 
+def build_arms(configs, train_data):
+    """One model (train mode) and Adam per ``{name: config}``; returns the models, the
+    optimizers, the trainable-parameter counts and ``[(name, step function)]``."""
+    models, optimizers = {}, {}
+    for name, config in configs.items():
+        models[name] = build_model(config, train_data)
+        models[name].train()
+        optimizers[name] = make_optimizer(models[name])
+    n_params = {name: sum(p.numel() for p in m.parameters() if p.requires_grad)
+                for name, m in models.items()}
+
+    def stepper(name):
+        return lambda batch: train_step(models[name], optimizers[name], batch)
+
+    return models, optimizers, n_params, [(name, stepper(name)) for name in configs]
+
+
 def bench_backbone(backbone, args, extra):
     """Time and memory of ``backbone`` and ``PRISM_<backbone>``; returns one result row."""
     plain_name, prism_name = backbone, "PRISM_" + backbone
@@ -352,18 +369,8 @@ def bench_backbone(backbone, args, extra):
     full_epoch = len(train_data)
     log(f"[{backbone}] {len(batches)} batches (an epoch has {full_epoch}) on {device}")
 
-    models, optimizers = {}, {}
-    for name, config in ((plain_name, plain_config), (prism_name, prism_config)):
-        models[name] = build_model(config, train_data)
-        models[name].train()
-        optimizers[name] = make_optimizer(models[name])
-    n_params = {name: sum(p.numel() for p in m.parameters() if p.requires_grad)
-                for name, m in models.items()}
-
-    def stepper(name):
-        return lambda batch: train_step(models[name], optimizers[name], batch)
-
-    arms = [(plain_name, stepper(plain_name)), (prism_name, stepper(prism_name))]
+    models, optimizers, n_params, arms = build_arms(
+        {plain_name: plain_config, prism_name: prism_config}, train_data)
     log(f"[{backbone}] warm-up: {WARMUP_STEPS} batches per model")
     for name, step in arms:
         for batch in batches[:WARMUP_STEPS]:
