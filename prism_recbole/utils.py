@@ -87,7 +87,7 @@ def get_model(model_name):
         if cls is not None:
             return cls
     raise ValueError(
-        f"Unknown model '{model_name}'. PRISM models: {', '.join(list_prism_models())}; "
+        f"Unknown model '{model_name}'. Models of prism_recbole: {', '.join(list_prism_models())}; "
         "any other name must be a RecBole model (e.g. SASRec, GRU4Rec, BERT4Rec), "
         "spelled as RecBole spells it."
     )

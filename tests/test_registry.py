@@ -21,11 +21,21 @@ def test_prism_names_come_from_us_and_others_from_recbole():
 
 
 def test_unknown_model_lists_the_prism_models(monkeypatch):
-    with pytest.raises(ValueError, match=r"Unknown model 'PRISM_Foo'\. PRISM models: .*PRISM_SASRec"):
+    with pytest.raises(ValueError, match=r"Unknown model 'PRISM_Foo'\. Models of prism_recbole: .*PRISM_SASRec"):
         get_model("PRISM_Foo")
     monkeypatch.setattr(sys, "argv", ["run_recbole.py", "--model=NoSuchModel"])
     with pytest.raises(ValueError, match="Unknown model 'NoSuchModel'"):
         run_recbole.main(["--model=NoSuchModel"])
+
+
+def test_command_line_reports_bad_input_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["run_recbole.py", "--model=NoSuchModel"])
+    monkeypatch.delenv("PRISM_RECBOLE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as info:
+        run_recbole.cli()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown model 'NoSuchModel'") and "Traceback" not in err
 
 
 def test_default_yaml_is_loaded_with_floats(tiny):
