@@ -69,6 +69,18 @@ class AtomicFileError(ValueError):
     """A malformed atomic file or a bad item vector; the message names file, line and field."""
 
 
+def check_one_row_per_item(filepath, tokens, lines):
+    """A second row for an item is an error naming both lines."""
+    duplicated = pd.Series(tokens, dtype=object).duplicated(keep=False).values
+    if duplicated.any():
+        dup_token = tokens[np.flatnonzero(duplicated)[0]]
+        dup_lines = lines[tokens == dup_token][:2]
+        raise AtomicFileError(
+            f"{filepath}, lines {dup_lines[0]} and {dup_lines[1]}: item '{dup_token}' has "
+            "more than one row; each item must have exactly one row in the .item file"
+        )
+
+
 def common_vector_length(filepath, field, lengths, lines, tokens):
     """The length shared by the non-empty vectors of ``field`` (the most common one); any
     other length is an error naming the line, the item and both lengths.
@@ -279,14 +291,7 @@ def validate_item_vectors(vectors, filepath, modalities):
     """The checks of the old full-RecBole path, same order and messages; sets dims/present."""
     tokens = np.array(vectors.tokens, dtype=object)
     lines = vectors.lines
-    duplicated = pd.Series(tokens, dtype=object).duplicated(keep=False).values
-    if duplicated.any():
-        dup_token = tokens[np.flatnonzero(duplicated)[0]]
-        dup_lines = lines[tokens == dup_token][:2]
-        raise AtomicFileError(
-            f"{filepath}, lines {dup_lines[0]} and {dup_lines[1]}: item '{dup_token}' has "
-            "more than one row; each item must have exactly one row in the .item file"
-        )
+    check_one_row_per_item(filepath, tokens, lines)
     for field in modalities:
         lengths = vectors._lengths[field]
         dim, nonempty = common_vector_length(filepath, field, lengths, lines, tokens)
@@ -542,14 +547,7 @@ class ModalityFeaturesMixin:
             raise AtomicFileError(f"{filepath}: no '{iid}' column; cannot key item vectors")
         tokens = df[iid].values
         lines = np.arange(len(df)) + 2  # line 1 is the header
-        duplicated = df[iid].duplicated(keep=False).values
-        if duplicated.any():
-            dup_token = tokens[np.flatnonzero(duplicated)[0]]
-            dup_lines = lines[tokens == dup_token][:2]
-            raise AtomicFileError(
-                f"{filepath}, lines {dup_lines[0]} and {dup_lines[1]}: item '{dup_token}' has "
-                "more than one row; each item must have exactly one row in the .item file"
-            )
+        check_one_row_per_item(filepath, tokens, lines)
         self._item_rows = dict(zip(tokens, lines))
         for field in self.modalities:
             if field not in df.columns:
