@@ -3,6 +3,7 @@
     python run_ablation.py                                   # PRISM_SASRec on ml-100k-mm, 3 seeds
     python run_ablation.py --model=PRISM_GRU4Rec --seeds 1 2 --variants full none uniform
     python run_ablation.py --epochs=20 --MAX_ITEM_LIST_LENGTH=20  # options for every run
+    python run_ablation.py --variants full none --add_variant noise_match prism_noise_std=match
 
 Writes <out>/ablation-<model>-<dataset>.md and .csv (mean and std of every metric on valid and
 test, the change against the full model) and prints the table.  A variant that fails is
@@ -27,6 +28,24 @@ VARIANTS = {
 }
 
 
+def _parse_extra_variant(spec, parser):
+    """["label", "key=value", ...] -> (label, {key: value}); values are read like YAML."""
+    import yaml
+
+    label, items = spec[0], spec[1:]
+    if "=" in label or not items:
+        parser.error(f"--add_variant needs a label and at least one key=value, got {' '.join(spec)!r}")
+    if label in VARIANTS:
+        parser.error(f"--add_variant label {label!r} is already a built-in variant")
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--add_variant {label}: {item!r} is not key=value")
+        options[key.lstrip("-")] = yaml.safe_load(value)
+    return label, options
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="PRISM_SASRec")
@@ -34,12 +53,18 @@ def main(argv=None):
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--add_variant", nargs="+", action="append", default=[],
+                        metavar=("LABEL", "KEY=VALUE"),
+                        help="an extra variant (e.g. a candidate default): a label and its "
+                             "options; may be given several times")
     parser.add_argument("--out", default="results")
     args, _ = parser.parse_known_args(argv)
     # our own flags are not RecBole options: keep only --key=value items for RecBole's Config
-    own = {"--model", "--dataset", "--config_files", "--seeds", "--variants", "--out"}
+    own = {"--model", "--dataset", "--config_files", "--seeds", "--variants", "--out",
+           "--add_variant"}
     sys.argv = [sys.argv[0]] + [a for a in (argv if argv is not None else sys.argv[1:])
                                 if a.startswith("--") and "=" in a and a.split("=")[0] not in own]
+    extra = [_parse_extra_variant(spec, parser) for spec in args.add_variant]
 
     from prism_recbole.experiments import Variant, run_variants, summarize, write_tables
 
@@ -47,6 +72,8 @@ def main(argv=None):
         p for p in [os.path.join(HERE, "configs", f"{args.dataset}.yaml")] if os.path.isfile(p)]
     variants = [Variant(label, args.model, dict(VARIANTS[label][0]), VARIANTS[label][1])
                 for label in args.variants]
+    variants += [Variant(label, args.model, options, ", ".join(f"{k}={v}" for k, v in options.items()))
+                 for label, options in extra]
     results = run_variants(variants, args.dataset, args.seeds, config_files)
     rows, metric_names = summarize(results, reference="full")
     name = f"ablation-{args.model}-{args.dataset}"

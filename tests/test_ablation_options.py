@@ -22,7 +22,8 @@ def build(tiny, **extra):
     {"prism_experts": ["unique", "redundancy"]},
     {"prism_aux_loss": False},
     {"prism_item_features": False},
-], ids=["none", "uniform", "synergy-only", "no-synergy", "no-aux", "no-item-features"])
+    {"prism_noise_std": "match"},
+], ids=["none", "uniform", "synergy-only", "no-synergy", "no-aux", "no-item-features", "noise-match"])
 def test_each_option_trains_one_epoch(tiny, extra):
     result = run(model="PRISM_SASRec", dataset="tiny", config_dict=dict(tiny, epochs=1, **extra))
     assert "ndcg@10" in result["test_result"]
@@ -101,3 +102,8 @@ def test_contradictions_name_both_options(tiny, monkeypatch):
     # the command-line form from the issue works
     monkeypatch.setattr(sys, "argv", ["x", "--prism_fusion=none"])
     assert Config(model="PRISM_SASRec", dataset="tiny", config_dict=tiny)["prism_fusion"] == "none"
+
+
+def test_bad_noise_std_names_the_option(tiny):
+    with pytest.raises(ValueError, match="prism_noise_std must be a number or 'match'"):
+        build(tiny, prism_noise_std="loud")

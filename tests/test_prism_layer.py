@@ -252,3 +252,18 @@ def test_bad_options_are_clear_errors():
         make_layer(pooling="mean")
     with pytest.raises(ValueError, match="prism_temperature"):
         make_layer(temperature=0.0)
+
+
+def test_noise_std_match_puts_the_noise_on_the_scale_of_the_replaced_modality():
+    layer = InteractionExpertLayer(2, 4, 8, 0.0, noise_std="match", margin=1.0,
+                                   lambda_uni=0.1, lambda_syn=0.1, lambda_red=0.1)
+    torch.manual_seed(0)
+    pooled = torch.randn(4096, 2, 4) * torch.tensor([0.03, 5.0]).view(1, 2, 1)
+    replaced = layer._replaced_inputs(pooled)  # [M, B, M*D]
+    # modality 0 replaced: its noise has std ~0.03, modality 1 is kept as it is
+    assert replaced[0, :, :4].std().item() == pytest.approx(0.03, rel=0.05)
+    torch.testing.assert_close(replaced[0, :, 4:], pooled[:, 1])
+    assert replaced[1, :, 4:].std().item() == pytest.approx(5.0, rel=0.05)
+    fixed = InteractionExpertLayer(2, 4, 8, 0.0, noise_std=1.0, margin=1.0,
+                                   lambda_uni=0.1, lambda_syn=0.1, lambda_red=0.1)
+    assert fixed._replaced_inputs(pooled)[0, :, :4].std().item() == pytest.approx(1.0, rel=0.05)

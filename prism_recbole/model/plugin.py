@@ -49,6 +49,19 @@ def _float_option(config, key):
         raise ValueError(f"option {key} must be a number, got {value!r}") from None
 
 
+def _noise_std_option(config):
+    """prism_noise_std: a number, or "match" (noise on the scale of the modality it replaces)."""
+    value = config["prism_noise_std"]
+    if isinstance(value, str) and value.strip().lower() == "match":
+        return "match"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"option prism_noise_std must be a number or 'match', got {value!r}"
+        ) from None
+
+
 def _int_option(config, key, default=None):
     value = config[key]
     if value is None:
@@ -159,7 +172,7 @@ class PRISMPlugin:
             gate_hidden=_int_option(config, "prism_gate_hidden", 2 * hidden_size),
             gate_dropout=_float_option(config, "prism_gate_dropout"),
             temperature=_float_option(config, "prism_temperature"),
-            noise_std=_float_option(config, "prism_noise_std"),
+            noise_std=_noise_std_option(config),
             margin=_float_option(config, "prism_margin"),
             lambda_uni=_float_option(config, "prism_lambda_uni"),
             lambda_syn=_float_option(config, "prism_lambda_syn"),

@@ -184,12 +184,19 @@ class InteractionExpertLayer(nn.Module):
             for _ in self.expert_names
         )
 
+    def _noise_scale(self, part):
+        """noise_std, or with "match" the std of the modality it replaces (over the batch,
+        detached), so that the noise sits on the features' scale whatever that scale is."""
+        if self.noise_std == "match":
+            return part.detach().std()
+        return self.noise_std
+
     def _replaced_inputs(self, pooled):
         """[M, B, M·D]: for each m, the input with modality m replaced by fresh noise."""
         inputs = []
         for m in range(self.n_modalities):
             parts = list(pooled.unbind(dim=1))
-            parts[m] = torch.randn_like(parts[m]) * self.noise_std
+            parts[m] = torch.randn_like(parts[m]) * self._noise_scale(parts[m])
             inputs.append(torch.cat(parts, dim=-1))
         return torch.stack(inputs)
 
