@@ -4,9 +4,11 @@ RecBole's ``recbole.quick_start`` imports ray (for its hyper-parameter search), 
 import on today's numpy/setuptools; this module builds Config, dataset, model and trainer
 itself, as RecBole-GNN's ``run_recbole_gnn`` does.
 """
+import contextlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from logging import getLogger
 
 from recbole.data import data_preparation
@@ -95,3 +97,82 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         "n_params": n_params,
         "epoch_times": epoch_times,
     }
+
+
+# Entries of a stored final config that RecBole derives itself and refuses as input.
+_DERIVED_OPTIONS = {
+    "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
+    "is_ddp", "eval_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args",
+}
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns: the model in eval mode, its config and its data."""
+    config: Config
+    model: object
+    dataset: object
+    train_data: object
+    valid_data: object
+    test_data: object
+    checkpoint: str
+
+
+@contextlib.contextmanager
+def _no_command_line():
+    """RecBole's Config reads --key=value from sys.argv: a loading command's own flags must
+    not leak into the stored configuration."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def config_from_checkpoint(stored, config_dict=None):
+    """Rebuild a :class:`Config` from the final config stored in a checkpoint."""
+    options = {k: v for k, v in stored.items() if k not in _DERIVED_OPTIONS}
+    neg = options.get("train_neg_sample_args")
+    if isinstance(neg, dict) and neg.get("distribution") == "none":
+        options["train_neg_sample_args"] = None
+    data_path = str(options.get("data_path") or "")
+    # the stored data_path ends with the dataset folder, which Config appends again
+    if os.path.basename(os.path.normpath(data_path)) == str(stored.get("dataset")):
+        options["data_path"] = os.path.dirname(os.path.normpath(data_path))
+    options.update(config_dict or {})
+    with _no_command_line():
+        return Config(model=stored["model"], dataset=stored["dataset"], config_dict=options)
+
+
+def load_model(checkpoint, config_dict=None):
+    """Load a model saved by :func:`run` (any PRISM model, MMSR or a RecBole model).
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (see
+    :func:`prism_recbole.trainer.load_checkpoint`); its stored configuration rebuilds the
+    dataset and the model, then the weights are loaded.  ``config_dict`` overrides stored
+    options, e.g. ``{"data_path": "elsewhere/", "gpu_id": ""}``.
+
+    Raises:
+        FileNotFoundError, UnsafeCheckpointError: see ``load_checkpoint``.
+        ValueError: the dataset no longer matches the checkpoint (other items or users).
+    """
+    from prism_recbole.trainer import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    config = config_from_checkpoint(state["config"], config_dict)
+    dataset, train_data, valid_data, test_data = load_data(config)
+    model = get_model(config["model"])(config, train_data._dataset)
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(
+            f"Checkpoint {checkpoint} does not match dataset {config['dataset']} under "
+            f"{config['data_path']} (was the dataset changed since training?): "
+            f"{' '.join(line.strip() for line in first[:3])}"
+        ) from None
+    model.load_other_parameter(state.get("other_parameter"))
+    model = model.to(config["device"]).eval()
+    return LoadedModel(config, model, dataset, train_data, valid_data, test_data,
+                       os.path.abspath(str(checkpoint)))
