@@ -1,6 +1,6 @@
 """Run several variants (models or option sets) x seeds on one dataset and tabulate them.
 
-Used by ``run_ablation.py``.  Each (variant, seed) is one :func:`prism_recbole.quick_start.run`
+Used by ``run_ablation.py`` and ``run_comparison.py``.  Each (variant, seed) is one :func:`prism_recbole.quick_start.run`
 with the shared dataset, config files and options, plus the variant's own options and the
 seed.  A variant that fails is reported in the table with its error; the others still run.
 Tables: Markdown and CSV with, per variant, the mean and standard deviation over seeds of every
@@ -149,12 +149,16 @@ def markdown_table(rows, metric_names, reference=None, splits=("valid", "test"),
     return "\n".join(lines) + "\n"
 
 
-def write_tables(rows, metric_names, out_dir, name, reference=None, metrics=None):
-    """Write ``<out_dir>/<name>.md`` and ``.csv`` (written to temporary names, then renamed)."""
+def write_tables(rows, metric_names, out_dir, name, reference=None, metrics=None, table=None):
+    """Write ``<out_dir>/<name>.md`` and ``.csv`` (written to temporary names, then renamed).
+
+    ``table``: the Markdown text to write; by default :func:`markdown_table` of ``metrics``.
+    """
     os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, f"{name}.md")
     csv_path = os.path.join(out_dir, f"{name}.csv")
-    table = markdown_table(rows, metric_names, reference, metrics=metrics)
+    if table is None:
+        table = markdown_table(rows, metric_names, reference, metrics=metrics)
     with open(md_path + ".tmp", "w") as f:
         f.write(table)
     os.replace(md_path + ".tmp", md_path)
@@ -170,3 +174,84 @@ def write_tables(rows, metric_names, out_dir, name, reference=None, metrics=None
             writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     os.replace(csv_path + ".tmp", csv_path)
     return table, md_path, csv_path
+
+
+def parse_model_spec(spec):
+    """``"PRISM_SASRec"`` or ``"PRISM_SASRec:prism_fusion=none,prism_margin=0.5"`` -> Variant.
+
+    Option values are read like YAML (``true`` -> True, ``0.5`` -> 0.5, ``[a, b]`` -> list);
+    the label is the spec itself, so the same model may appear with several option sets.
+    """
+    import yaml
+
+    model, _, rest = spec.partition(":")
+    model = model.strip()
+    if not model:
+        raise ValueError(f"model spec {spec!r} has no model name")
+    options = {}
+    if rest:
+        for item in _split_options(rest):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"model spec {spec!r}: {item!r} is not key=value")
+            options[key.strip()] = yaml.safe_load(value.strip())
+    return Variant(spec, model, options, "")
+
+
+def _split_options(text):
+    """Split ``a=1,b=[x, y],c=2`` on the commas outside brackets."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def plot_metric(rows, column, path, title=None):
+    """Bar chart of ``row[column]`` (mean, with the std over seeds as error bar) per variant.
+
+    A failed variant keeps its place on the axis with the word "failed" instead of a bar.
+    Written to a temporary name, then renamed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["variant"] for row in rows]
+    means = [row.get(column, math.nan) for row in rows]
+    stds = [row.get(f"{column} std", math.nan) for row in rows]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2.0), 4.2))
+    xs = range(len(rows))
+    heights = [0.0 if math.isnan(m) else m for m in means]
+    errors = [0.0 if math.isnan(s) else s for s in stds]
+    bars = ax.bar(xs, heights, yerr=errors, capsize=4, color="#4C72B0")
+    top = max([h + e for h, e in zip(heights, errors)] + [0.0]) or 1.0
+    for x, mean, error, bar in zip(xs, means, errors, bars):
+        if math.isnan(mean):
+            ax.text(x, top * 0.02, "failed", ha="center", va="bottom", rotation=90, color="#C44E52")
+        else:
+            ax.text(x, bar.get_height() + error + top * 0.01, f"{mean:.4f}", ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(column + " (mean ± std over seeds)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.set_ylim(0, top * 1.2)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

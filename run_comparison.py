@@ -1,0 +1,110 @@
+"""Compare models on one dataset: PRISM variants, MMSR and any RecBole model by name.
+
+    python run_comparison.py                       # the README's model list on ml-100k-mm, seed 2020
+    python run_comparison.py --models PRISM_SASRec SASRec GRU4Rec --seeds 2020 2021 2022
+    python run_comparison.py --models SASRec "PRISM_SASRec:prism_fusion=none" --epochs=20
+    python run_comparison.py --dataset=amazon-beauty --metric=test:hit@10 --reference SASRec
+
+Every model gets the same config files (configs/<dataset>.yaml unless --config_files) and the
+same --key=value options, so data, split and metrics are shared; a model spec
+``MODEL:key=value,key=value`` adds options to that model only (e.g. an ablation row).  Writes
+<out>/comparison-<dataset>.md (every metric on test and on valid: mean ± std over seeds,
+training time per epoch, parameters), .csv (the same plus the std columns) and a bar chart
+.png of --metric, and prints the table.  A model that fails is reported in the table with its
+error; the others still run.  Progress: model, seed, and RecBole's per-epoch log lines.
+"""
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODELS = ["PRISM_SASRec", "SASRec", "GRU4Rec", "BERT4Rec", "SASRecF_MM", "FDSA_MM", "MMSR"]
+OWN_FLAGS = {"--models", "--dataset", "--config_files", "--seeds", "--metric", "--reference",
+             "--out", "--name"}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
+                        help="model names or MODEL:key=value,... specs (default: %(default)s)")
+    parser.add_argument("--dataset", default="ml-100k-mm")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2020])
+    parser.add_argument("--metric", default=None,
+                        help="split:metric for the bar chart and the Δ column, e.g. test:ndcg@10 "
+                             "(default: test:<valid_metric of the config>, else test:ndcg@10)")
+    parser.add_argument("--reference", default=None,
+                        help="a model spec from --models: adds the change against it (%%)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--name", default=None, help="file name stem (default: comparison-<dataset>)")
+    return parser
+
+
+def _metric_column(metric, config_files):
+    if metric is None:
+        valid_metric = None
+        for path in config_files:
+            import yaml
+
+            with open(path) as f:
+                valid_metric = (yaml.safe_load(f) or {}).get("valid_metric", valid_metric)
+        metric = f"test:{(valid_metric or 'NDCG@10').lower()}"
+    split, sep, name = metric.partition(":")
+    if not sep:
+        split, name = "test", metric
+    if split not in ("valid", "test"):
+        raise ValueError(f"--metric must be valid:<metric> or test:<metric>, got {metric!r}")
+    return f"{split} {name.lower()}"
+
+
+def main(argv=None):
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    raw = argv if argv is not None else sys.argv[1:]
+    # our own flags are not RecBole options: keep only --key=value items for RecBole's Config
+    sys.argv = [sys.argv[0]] + [a for a in raw if a.startswith("--") and "=" in a
+                                and a.split("=")[0] not in OWN_FLAGS]
+
+    from prism_recbole.experiments import (markdown_table, parse_model_spec, plot_metric,
+                                           run_variants, summarize, write_tables)
+
+    config_files = args.config_files.split() if args.config_files else [
+        p for p in [os.path.join(HERE, "configs", f"{args.dataset}.yaml")] if os.path.isfile(p)]
+    variants = [parse_model_spec(spec) for spec in args.models]
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        parser.error(f"--models lists a model twice: {' '.join(labels)}")
+    if args.reference is not None and args.reference not in labels:
+        parser.error(f"--reference {args.reference!r} is not one of --models ({' '.join(labels)})")
+    column = _metric_column(args.metric, config_files)
+
+    results = run_variants(variants, args.dataset, args.seeds, config_files)
+    rows, metric_names = summarize(results, reference=args.reference)
+    name = args.name or f"comparison-{args.dataset}"
+    seeds = " ".join(str(s) for s in args.seeds)
+    table = (f"### Test (mean ± std over seeds {seeds})\n\n"
+             + markdown_table(rows, metric_names, args.reference, splits=("test",))
+             + f"\n### Valid (best epoch by valid_metric)\n\n"
+             + markdown_table(rows, metric_names, args.reference, splits=("valid",)))
+    table, md_path, csv_path = write_tables(rows, metric_names, args.out, name,
+                                            reference=args.reference, table=table)
+    png_path = plot_metric(rows, column, os.path.join(args.out, f"{name}.png"),
+                           title=f"{args.dataset}: {column}, seeds {seeds}")
+    print()
+    print(table)
+    print(f"Markdown: {md_path}\nCSV (every metric, mean and std): {csv_path}\nChart: {png_path}")
+    return rows
+
+
+def cli():
+    """One ``error:`` line and exit code 2 for bad arguments (see run_recbole.cli)."""
+    try:
+        return main()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, HERE)
+    cli()

@@ -1,0 +1,78 @@
+"""run_comparison.py on tiny data: one row per model, mean ± std over seeds, a failing model
+reported with its error, a PNG chart, and model specs with options."""
+import csv
+import statistics
+import sys
+
+import pytest
+import yaml
+
+import run_comparison
+from prism_recbole.experiments import parse_model_spec
+
+
+def test_comparison_table_chart_and_failures(tmp_path, tiny, monkeypatch, capsys):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
+    argv = ["--dataset=tiny", f"--config_files={config_file}", "--seeds", "7", "8",
+            "--models", "PRISM_SASRec", "SASRec", "NoSuchModel", "PRISM_SASRec:prism_fusion=none",
+            "--reference", "SASRec", "--out", str(tmp_path / "out"), "--epochs=1"]
+    monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
+    rows = run_comparison.main(argv)
+    assert [r["variant"] for r in rows] == ["PRISM_SASRec", "SASRec", "NoSuchModel",
+                                            "PRISM_SASRec:prism_fusion=none"]
+    assert [r["status"] for r in rows][:2] == ["ok", "ok"] and rows[3]["status"] == "ok"
+    assert rows[2]["status"].startswith("failed:") and "NoSuchModel" in rows[2]["status"]
+    assert rows[0]["seeds"] == 2 and rows[0]["params"] > rows[1]["params"]
+    assert rows[3]["options"] == "prism_fusion=none" and rows[3]["params"] < rows[0]["params"]
+
+    with open(tmp_path / "out" / "comparison-tiny.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4
+    # every metric of the config, on both splits, with its std
+    for split in ("valid", "test"):
+        for name in ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@5", "mrr@10"):
+            assert f"{split} {name}" in table[0] and f"{split} {name} std" in table[0]
+    # the change against the reference is computed from the two means
+    prism, sasrec = rows[0], rows[1]
+    expected = 100 * (prism["test ndcg@10"] - sasrec["test ndcg@10"]) / sasrec["test ndcg@10"]
+    assert prism["test ndcg@10 vs SASRec %"] == pytest.approx(expected)
+    assert float(table[0]["s/epoch"]) > 0
+
+    printed = capsys.readouterr().out
+    assert "[1/8] variant PRISM_SASRec (PRISM_SASRec), seed 7" in printed
+    assert "failed:" in printed and "Chart:" in printed
+    md = (tmp_path / "out" / "comparison-tiny.md").read_text()
+    assert "### Test" in md and "### Valid" in md and md.count("| NoSuchModel |") == 2
+    png = (tmp_path / "out" / "comparison-tiny.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_std_over_seeds_is_that_of_the_single_runs(tmp_path, tiny, monkeypatch):
+    from prism_recbole.quick_start import run
+
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
+    singles = [run(model="SASRec", dataset="tiny", config_file_list=[str(config_file)],
+                   config_dict={"seed": seed})["test_result"]["ndcg@10"] for seed in (3, 4)]
+    argv = ["--dataset=tiny", f"--config_files={config_file}", "--seeds", "3", "4",
+            "--models", "SASRec", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
+    row = run_comparison.main(argv)[0]
+    assert row["test ndcg@10"] == pytest.approx(statistics.mean(singles))
+    assert row["test ndcg@10 std"] == pytest.approx(statistics.stdev(singles))
+
+
+def test_model_specs_and_bad_arguments(monkeypatch, tmp_path):
+    spec = parse_model_spec("PRISM_SASRec:prism_experts=[unique, synergy],prism_margin=0.5")
+    assert spec.model == "PRISM_SASRec"
+    assert spec.options == {"prism_experts": ["unique", "synergy"], "prism_margin": 0.5}
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_model_spec("SASRec:oops")
+    for argv in (["--models", "SASRec", "SASRec"], ["--models", "SASRec", "--reference", "GRU4Rec"]):
+        monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
+        with pytest.raises(SystemExit):
+            run_comparison.main(argv)
+    with pytest.raises(ValueError, match="--metric"):
+        run_comparison._metric_column("train:ndcg@10", [])
+    assert run_comparison._metric_column("hit@10", []) == "test hit@10"
