@@ -12,6 +12,8 @@ same --key=value options, so data, split and metrics are shared; a model spec
 training time per epoch, parameters), .csv (the same plus the std columns) and a bar chart
 .png of --metric, and prints the table.  A model that fails is reported in the table with its
 error; the others still run.  Progress: model, seed, and RecBole's per-epoch log lines.
+All models run with the first seed, then with the next one; the files are rewritten after
+every run, so an interrupted comparison leaves the table of the runs that finished.
 """
 import argparse
 import os
@@ -78,18 +80,27 @@ def main(argv=None):
         parser.error(f"--reference {args.reference!r} is not one of --models ({' '.join(labels)})")
     column = _metric_column(args.metric, config_files)
 
-    results = run_variants(variants, args.dataset, args.seeds, config_files)
-    rows, metric_names = summarize(results, reference=args.reference)
     name = args.name or f"comparison-{args.dataset}"
-    seeds = " ".join(str(s) for s in args.seeds)
-    table = (f"### Test (mean ± std over seeds {seeds})\n\n"
-             + markdown_table(rows, metric_names, args.reference, splits=("test",))
-             + f"\n### Valid (best epoch by valid_metric)\n\n"
-             + markdown_table(rows, metric_names, args.reference, splits=("valid",)))
-    table, md_path, csv_path = write_tables(rows, metric_names, args.out, name,
-                                            reference=args.reference, table=table)
-    png_path = plot_metric(rows, column, os.path.join(args.out, f"{name}.png"),
-                           title=f"{args.dataset}: {column}, seeds {seeds}")
+
+    def write(results):
+        rows, metric_names = summarize(results, reference=args.reference)
+        done = sorted({run["seed"] for res in results for run in res.runs})
+        seeds = " ".join(str(s) for s in done) or "none finished"
+        table = (f"### Test (mean ± std over seeds {seeds})\n\n"
+                 + markdown_table(rows, metric_names, args.reference, splits=("test",))
+                 + "\n### Valid (best epoch by valid_metric)\n\n"
+                 + markdown_table(rows, metric_names, args.reference, splits=("valid",)))
+        table, md_path, csv_path = write_tables(rows, metric_names, args.out, name,
+                                                reference=args.reference, table=table)
+        png_path = plot_metric(rows, column, os.path.join(args.out, f"{name}.png"),
+                               title=f"{args.dataset}: {column}, seeds {seeds}")
+        return rows, table, md_path, csv_path, png_path
+
+    # all models with the first seed, then the next seed ...; the tables are rewritten after
+    # every run, so an interrupted comparison still leaves a table of what finished
+    results = run_variants(variants, args.dataset, args.seeds, config_files, seed_major=True,
+                           on_update=write)
+    rows, table, md_path, csv_path, png_path = write(results)
     print()
     print(table)
     print(f"Markdown: {md_path}\nCSV (every metric, mean and std): {csv_path}\nChart: {png_path}")

@@ -46,35 +46,43 @@ def _mean_std(values):
 
 
 def run_variants(variants, dataset, seeds, config_file_list=None, config_dict=None,
-                 echo=print):
-    """Run every variant with every seed; returns a list of :class:`VariantResult`."""
+                 echo=print, seed_major=False, on_update=None):
+    """Run every variant with every seed; returns a list of :class:`VariantResult`.
+
+    ``seed_major``: run all variants with the first seed, then all with the second, ... (an
+    interrupted run then still has every variant with the first seeds).  ``on_update(results)``
+    is called after every single run (e.g. to rewrite the tables).  A variant that fails is not
+    run again with the other seeds.
+    """
     from prism_recbole.quick_start import run
 
-    results = []
-    total = len(variants) * len(seeds)
-    step = 0
-    for variant in variants:
-        result = VariantResult(variant)
-        for seed in seeds:
-            step += 1
-            echo(f"\n=== [{step}/{total}] variant {variant.label} ({variant.model}), seed {seed} ===",
-                 flush=True)
-            options = dict(config_dict or {})
-            options.update(variant.options)
-            options["seed"] = seed
-            start = time.perf_counter()
-            try:
-                out = run(model=variant.model, dataset=dataset, config_file_list=config_file_list,
-                          config_dict=options)
-            except Exception as err:  # a failing variant is reported, the others still run
-                message = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-                echo(f"variant {variant.label} failed with seed {seed}: {message}", flush=True)
-                traceback.print_exc(file=sys.stderr)
-                result.errors.append(message)
-                break
+    results = [VariantResult(variant) for variant in variants]
+    order = ([(v, s) for s in seeds for v in range(len(variants))] if seed_major
+             else [(v, s) for v in range(len(variants)) for s in seeds])
+    for step, (index, seed) in enumerate(order, start=1):
+        variant, result = variants[index], results[index]
+        if result.errors:
+            continue
+        echo(f"\n=== [{step}/{len(order)}] variant {variant.label} ({variant.model}), seed {seed} ===",
+             flush=True)
+        options = dict(config_dict or {})
+        options.update(variant.options)
+        options["seed"] = seed
+        start = time.perf_counter()
+        try:
+            out = run(model=variant.model, dataset=dataset, config_file_list=config_file_list,
+                      config_dict=options)
+        except Exception as err:  # a failing variant is reported, the others still run
+            message = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            echo(f"variant {variant.label} failed with seed {seed}: {message}", flush=True)
+            traceback.print_exc(file=sys.stderr)
+            result.errors.append(message)
+        else:
             out["wall_s"] = time.perf_counter() - start
+            out["seed"] = seed
             result.runs.append(out)
-        results.append(result)
+        if on_update is not None:
+            on_update(results)
     return results
 
 

@@ -41,6 +41,8 @@ def test_comparison_table_chart_and_failures(tmp_path, tiny, monkeypatch, capsys
 
     printed = capsys.readouterr().out
     assert "[1/8] variant PRISM_SASRec (PRISM_SASRec), seed 7" in printed
+    assert "[2/8] variant SASRec (SASRec), seed 7" in printed  # seed-major order
+    assert "[7/8] variant NoSuchModel" not in printed  # a failed model is not retried
     assert "failed:" in printed and "Chart:" in printed
     md = (tmp_path / "out" / "comparison-tiny.md").read_text()
     assert "### Test" in md and "### Valid" in md and md.count("| NoSuchModel |") == 2
@@ -76,3 +78,29 @@ def test_model_specs_and_bad_arguments(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="--metric"):
         run_comparison._metric_column("train:ndcg@10", [])
     assert run_comparison._metric_column("hit@10", []) == "test hit@10"
+
+
+def test_interrupted_comparison_leaves_the_table_of_finished_runs(tmp_path, tiny, monkeypatch):
+    import prism_recbole.quick_start as quick_start
+
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
+    real_run, calls = quick_start.run, []
+
+    def run_then_stop(**kwargs):
+        calls.append(kwargs["config_dict"]["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(quick_start, "run", run_then_stop)
+    argv = ["--dataset=tiny", f"--config_files={config_file}", "--seeds", "1", "2",
+            "--models", "SASRec", "GRU4Rec", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison.main(argv)
+    assert calls == [1, 1, 2]
+    with open(tmp_path / "out" / "comparison-tiny.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["variant"], r["seeds"], r["status"]) for r in table] == [("SASRec", "1", "ok"), ("GRU4Rec", "1", "ok")]
+    assert "seeds 1)" in (tmp_path / "out" / "comparison-tiny.md").read_text()
