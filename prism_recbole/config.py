@@ -7,7 +7,10 @@ defaults this adds, in order:
    RecBole baseline sees exactly the same data as a PRISM model);
 2. for a PRISM model, its backbone's RecBole defaults (``recbole/properties/model/SASRec.yaml``
    for PRISM_SASRec), then the PRISM options ``prism_recbole/properties/prism.yaml``, then
-   ``prism_recbole/properties/model/<Model>.yaml``.
+   ``prism_recbole/properties/model/<Model>.yaml``;
+3. instead of 2., for a model of ours that adapts a RecBole model without PRISM (class
+   attribute ``recbole_defaults``, e.g. ``"SASRecF"`` for SASRecF_MM), that RecBole model's
+   defaults, then ``prism_recbole/properties/model/<Model>.yaml``.
 
 Config files, the config dict and ``--key=value`` on the command line still override all of
 these, as in RecBole.  A few conveniences, each only when the user did not set the key:
@@ -15,6 +18,11 @@ these, as in RecBole.  A few conveniences, each only when the user did not set t
 ``train_neg_sample_args`` follows ``loss_type`` (none for CE, one uniform negative for BPR);
 the modality fields are added to ``load_col``.  Unknown ``prism_*`` options of a PRISM model
 are an error that names them.
+
+Distributed training (``run(..., nproc=N)``): ``_init_device`` replaces RecBole's, which
+hard-codes nccl and CUDA, by the same process-group set-up with a choice of backend
+(option ``ddp_backend``: gloo on CPU where there is no GPU).  One-process runs go through
+RecBole's own ``_init_device`` unchanged.
 """
 import os
 
@@ -23,6 +31,7 @@ from recbole.utils import ModelType
 
 from prism_recbole.utils import get_model
 
+DDP_BACKENDS = ("auto", "nccl", "gloo")
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
 REPO_DIR = os.path.dirname(PACKAGE_DIR)
@@ -61,10 +70,12 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         self._update_internal_config_dict(os.path.join(PROPERTIES_DIR, "overall.yaml"))
         backbone = getattr(model_class, "backbone_name", None)
-        if backbone:
-            backbone_file = os.path.join(RECBOLE_PROPERTIES_DIR, "model", backbone + ".yaml")
+        recbole_model = backbone or getattr(model_class, "recbole_defaults", None)
+        if recbole_model:
+            backbone_file = os.path.join(RECBOLE_PROPERTIES_DIR, "model", recbole_model + ".yaml")
             if os.path.isfile(backbone_file):
                 self._update_internal_config_dict(backbone_file)
+        if backbone:
             self._own_model_options = set(
                 self._update_internal_config_dict(os.path.join(PROPERTIES_DIR, "prism.yaml")) or {}
             )
@@ -130,3 +141,80 @@ class Config(RecBoleConfig):
             raise ValueError(
                 "prism_fusion: none has no experts, so setting prism_experts contradicts it"
             )
+
+    def _init_device(self):
+        """Device and process group.  One process (no ``local_rank``): RecBole's own.
+
+        A process of a distributed run (``local_rank`` set by
+        :func:`prism_recbole.quick_start.run`) joins the process group as RecBole 1.2.1 does
+        (``configurator.py`` ``_init_device``: rank ``local_rank + offset``, ``world_size``,
+        ``tcp://ip:port``; ranks other than 0 log errors only), with the backend chosen by
+        ``ddp_backend``: ``nccl`` (RecBole's: one GPU per process, ``cuda:<local_rank>``),
+        ``gloo`` (CPU), or ``auto``: nccl when CUDA is available and ``gpu_id`` is not empty,
+        else gloo.  With nccl and no ``gpu_id`` given, the first ``nproc`` GPUs are used
+        (RecBole's default ``gpu_id: '0'`` would stop any ``nproc > 1`` run).  A process
+        group that is already initialised (a second Config in the same process, or one
+        started by the caller) is used as it is, if its rank and size match.
+        """
+        final = self.final_config_dict
+        if "local_rank" not in final:
+            return super()._init_device()
+        import torch
+        import torch.distributed as dist
+
+        local_rank = int(final["local_rank"])
+        nproc = int(final.get("nproc") or 1)
+        world_size = int(final.get("world_size") or nproc)
+        rank = local_rank + int(final.get("offset") or 0)
+        backend = str(final.get("ddp_backend") or "auto").strip().lower()
+        if backend not in DDP_BACKENDS:
+            raise ValueError(
+                f"option ddp_backend must be one of {', '.join(DDP_BACKENDS)}, got {backend!r}"
+            )
+        gpu_id = final["gpu_id"]
+        if isinstance(gpu_id, (tuple, list)):
+            gpu_id = ",".join(map(str, gpu_id))
+        gpu_id = "" if gpu_id is None else str(gpu_id)
+        if backend != "gloo" and "gpu_id" not in self.external_config_dict and gpu_id:
+            gpu_id = ",".join(str(i) for i in range(max(nproc, 1)))
+        final["gpu_id"] = gpu_id
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id  # before CUDA starts, as RecBole does
+        if backend == "auto":
+            backend = "nccl" if gpu_id and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            if len(gpu_id.split(",")) < nproc or not gpu_id:
+                raise ValueError(
+                    f"nproc={nproc} processes with ddp_backend nccl need {nproc} GPUs in "
+                    f"gpu_id, got gpu_id '{gpu_id}' (e.g. --gpu_id=0,1; or ddp_backend: gloo "
+                    "to train on CPU)"
+                )
+            if torch.cuda.device_count() < nproc:
+                raise ValueError(
+                    f"nproc={nproc} processes with ddp_backend nccl need {nproc} GPUs, "
+                    f"{torch.cuda.device_count()} visible with gpu_id '{gpu_id}' "
+                    "(or ddp_backend: gloo to train on CPU)"
+                )
+        if dist.is_initialized():
+            if dist.get_rank() != rank or dist.get_world_size() != world_size:
+                raise ValueError(
+                    f"a process group is already initialised with rank {dist.get_rank()} of "
+                    f"{dist.get_world_size()}, but this process is rank {rank} of {world_size}"
+                )
+        else:
+            dist.init_process_group(
+                backend=backend,
+                rank=rank,
+                world_size=world_size,
+                init_method=f"tcp://{final.get('ip') or 'localhost'}:{final.get('port')}",
+            )
+        final["ddp_backend"] = backend
+        final["single_spec"] = False
+        if backend == "nccl":
+            final["device"] = torch.device("cuda", local_rank)
+            torch.cuda.set_device(local_rank)
+        else:
+            final["device"] = torch.device("cpu")
+        if local_rank != 0:
+            final["state"] = "error"
+            final["show_progress"] = False
+            final["verbose"] = False
