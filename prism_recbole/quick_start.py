@@ -2,7 +2,9 @@
 
 RecBole's ``recbole.quick_start`` imports ray (for its hyper-parameter search), which does not
 import on today's numpy/setuptools; this module builds Config, dataset, model and trainer
-itself, as RecBole-GNN's ``run_recbole_gnn`` does.
+itself, as RecBole-GNN's ``run_recbole_gnn`` does.  Its multi-process path (RecBole's
+``run(..., nproc=N)`` -> ``torch.multiprocessing.spawn(run_recboles, ...)``) is reimplemented
+here too: see :func:`run`.
 """
 import contextlib
 import os
@@ -32,7 +34,8 @@ def build_model(config, train_data):
     return get_model(config["model"])(config, train_data._dataset).to(config["device"])
 
 
-def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, *,
+        nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0):
     """Train ``model`` on ``dataset`` and evaluate on the test split.
 
     Args:
@@ -41,15 +44,43 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         config_file_list (list[str]): YAML files, later ones override earlier ones.
         config_dict (dict): options that override the files.
         saved (bool): save the best checkpoint and evaluate the test split with it.
+        nproc (int): processes to start on this machine.  With ``nproc == 1`` and
+            ``world_size <= 0`` (the default) everything runs in this process, as before.
+            Otherwise this is RecBole's distributed data parallel path: ``nproc`` processes
+            (``torch.multiprocessing.spawn``), one model replica each, gradients all-reduced
+            (see :mod:`prism_recbole.trainer`), process group backend from the option
+            ``ddp_backend`` (nccl with one GPU per process, gloo on CPU; ``auto`` picks gloo
+            where there is no GPU).  ``train_batch_size`` is the global batch, split over the
+            processes.  Call it under ``if __name__ == "__main__":`` (spawned processes
+            import the main module).
+        world_size (int): processes over all machines (``-1``: ``nproc``).
+        ip, port: address of the process with rank 0 (``tcp://ip:port``).
+        group_offset (int): rank of this machine's first process (RecBole's ``offset``):
+            0 on the machine of rank 0, then the number of processes started before.
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
         ``test_result``, ``checkpoint`` (path or None), ``log_file``, ``model``, ``dataset``,
-        ``n_params``, ``epoch_times`` (seconds per training epoch).
+        ``n_params``, ``epoch_times`` (seconds per training epoch).  A distributed run
+        returns the dict of this machine's first process (local rank 0; RecBole's
+        ``run_recboles`` passes it through a queue the same way), with ``world_size`` and
+        ``ddp_backend`` added: the metrics are averaged over all processes (RecBole's
+        ``_map_reduce``), the checkpoint is the file that process wrote (local rank 0 writes;
+        all ranks hold the same weights), ``log_file`` and ``epoch_times`` are that process's.
     """
+    if nproc == 1 and world_size <= 0:
+        return _run_here(model, dataset, config_file_list, config_dict, saved)
+    return _run_distributed(model, dataset, config_file_list, config_dict, saved, nproc=nproc,
+                            world_size=world_size, ip=ip, port=port, group_offset=group_offset)
+
+
+def _run_here(model, dataset, config_file_list, config_dict, saved):
+    """:func:`run` in this process (also the body of every process of a distributed run)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
+    if not config["single_spec"]:  # the processes would race in init_logger's ensure_dir
+        os.makedirs(os.path.join("./log/", config["model"]), exist_ok=True)
     log_file = init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
@@ -85,7 +116,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     checkpoint = None
     if saved and os.path.isfile(trainer.saved_model_file):
         checkpoint = os.path.abspath(trainer.saved_model_file)
-    return {
+    result = {
         "model": config["model"],
         "dataset": config["dataset"],
         "best_valid_score": best_valid_score,
@@ -97,6 +128,121 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         "n_params": n_params,
         "epoch_times": epoch_times,
     }
+    if not config["single_spec"]:
+        result["world_size"] = int(config["world_size"])
+        result["ddp_backend"] = config["ddp_backend"]
+    return result
+
+
+# ---- distributed runs: RecBole's quick_start.run / run_recboles, without ray ----------------
+
+# run()'s launch arguments: on the command line they are flags of run_recbole.py, not options;
+# the processes get their values through config_dict, so RecBole's Config must not read them
+# again from sys.argv (a --world_size=-1 there would override the real size).
+LAUNCH_FLAGS = ("nproc", "world_size", "ip", "port", "group_offset")
+
+
+def _without_launch_flags(argv):
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if name in LAUNCH_FLAGS:
+            skip = "=" not in arg  # "--port 5678": drop the value too
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _launch_options(nproc, world_size, ip, port, group_offset):
+    """Check run()'s launch arguments; the options every process gets (RecBole's names)."""
+    def as_int(name, value):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if isinstance(value, float) and number != value:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return number
+
+    nproc, world_size = as_int("nproc", nproc), as_int("world_size", world_size)
+    group_offset, port = as_int("group_offset", group_offset), as_int("port", port)
+    if nproc < 1:
+        raise ValueError(f"nproc must be at least 1, got {nproc}")
+    if world_size == -1:
+        world_size = nproc
+    if group_offset < 0 or world_size < nproc + group_offset:
+        raise ValueError(
+            f"world_size ({world_size}) must cover this machine's processes: "
+            f"group_offset ({group_offset}) + nproc ({nproc})"
+        )
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be a TCP port (1-65535), got {port}")
+    return {"world_size": world_size, "ip": str(ip), "port": port, "nproc": nproc,
+            "offset": group_offset}
+
+
+def _run_distributed(model, dataset, config_file_list, config_dict, saved, *, nproc,
+                     world_size, ip, port, group_offset):
+    import torch.multiprocessing as mp
+
+    options = dict(config_dict or {})
+    options.update(_launch_options(nproc, world_size, ip, port, group_offset))
+    queue = mp.get_context("spawn").SimpleQueue()
+    context = mp.spawn(
+        _distributed_process,
+        args=(model, dataset, config_file_list, options, saved, queue),
+        nprocs=options["nproc"],
+        join=False,
+    )
+    messages = []
+    try:
+        while not context.join(timeout=0.25):
+            _drain(queue, messages)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as failure:
+        _drain(queue, messages)
+        errors = sorted((m for m in messages if m[0] == "error"), key=lambda m: m[1])
+        if errors:  # the process's own exception (ValueError ...), not only its traceback text
+            raise errors[0][2] from failure
+        raise
+    _drain(queue, messages)
+    results = [m[2] for m in messages if m[0] == "result"]
+    return results[0] if results else None
+
+
+def _drain(queue, messages):
+    while not queue.empty():
+        messages.append(queue.get())
+
+
+def _distributed_process(local_rank, model, dataset, config_file_list, options, saved, queue):
+    """One process of a distributed run (RecBole's ``run_recboles``): :func:`run` with
+    ``local_rank``; local rank 0 puts its result on ``queue``."""
+    import pickle
+
+    import torch
+    import torch.distributed as dist
+
+    sys.argv = _without_launch_flags(sys.argv)
+    if "OMP_NUM_THREADS" not in os.environ:  # the processes share this machine's cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(options["nproc"])))
+    try:
+        result = _run_here(model, dataset, config_file_list,
+                           dict(options, local_rank=local_rank), saved)
+        if local_rank == 0:
+            queue.put(("result", local_rank, result))
+    except Exception as err:
+        try:  # the parent must be able to rebuild it
+            pickle.loads(pickle.dumps(err))
+        except Exception:
+            err = RuntimeError(f"{type(err).__name__}: {err}")
+        queue.put(("error", local_rank, err))
+        raise
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # Entries of a stored final config that RecBole derives itself and refuses as input.
@@ -140,6 +286,10 @@ def config_from_checkpoint(stored, config_dict=None):
     # the stored data_path ends with the dataset folder, which Config appends again
     if os.path.basename(os.path.normpath(data_path)) == str(stored.get("dataset")):
         options["data_path"] = os.path.dirname(os.path.normpath(data_path))
+    if str(options.get("prism_fusion")) == "none":
+        # stored defaults, not choices: passed back explicitly they would contradict "none"
+        options.pop("prism_aux_loss", None)
+        options.pop("prism_experts", None)
     options.update(config_dict or {})
     with _no_command_line():
         return Config(model=stored["model"], dataset=stored["dataset"], config_dict=options)

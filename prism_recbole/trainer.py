@@ -10,7 +10,19 @@ checkpoint, but the config as a plain dict of strings, numbers, lists and dicts,
 score as a Python float, and a ``format`` tag.  Loading uses ``weights_only=True``; a file
 that holds anything else (a RecBole checkpoint, a pickled object) is refused with
 :class:`UnsafeCheckpointError` instead of being executed.
+
+Distributed runs (``run(..., nproc=N)``; RecBole's trainer wraps the model in
+``DistributedDataParallel``, calls ``model.calculate_loss`` itself and makes every parameter
+part of each batch's loss with ``sync_grad_loss``, so every gradient is all-reduced, the
+auxiliary-loss experts included): the mixin below adds what RecBole 1.2.1 lacks.
+``DistributedDataParallel(model, device_ids=[local_rank])`` is refused by torch for a model
+on the CPU (the gloo backend), so while RecBole's ``__init__`` runs, its module-level name
+``recbole.trainer.trainer.DistributedDataParallel`` points at a wrapper that drops
+``device_ids`` for CPU models and passes everything else through.  Every rank takes rank 0's
+checkpoint file name (RecBole names it after the local time, to the second, per process),
+and ranks wait for rank 0 to finish writing before they read it.
 """
+import contextlib
 import enum
 import numbers
 import os
@@ -112,8 +124,46 @@ def load_checkpoint(path, map_location="cpu"):
     return checkpoint
 
 
+def _ddp_for_cpu_models(module, device_ids=None, **kwargs):
+    """``DistributedDataParallel`` that leaves out ``device_ids`` for a CPU model (torch
+    refuses them there); models on a GPU get exactly RecBole's call."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device_ids is not None and all(p.device.type == "cpu" for p in module.parameters()):
+        device_ids = None
+    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+
+@contextlib.contextmanager
+def _cpu_ddp_shim():
+    """While RecBole's trainer ``__init__`` runs, its ``DistributedDataParallel`` is
+    :func:`_ddp_for_cpu_models` (nothing in site-packages is edited; restored afterwards)."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    saved = recbole_trainer.DistributedDataParallel
+    recbole_trainer.DistributedDataParallel = _ddp_for_cpu_models
+    try:
+        yield
+    finally:
+        recbole_trainer.DistributedDataParallel = saved
+
+
 class SafeCheckpointMixin:
-    """Overrides the three places where RecBole's Trainer writes or reads a checkpoint."""
+    """Overrides the three places where RecBole's Trainer writes or reads a checkpoint
+    (and, in a distributed run, the DDP set-up: see the module docstring)."""
+
+    def __init__(self, config, model):
+        if config["single_spec"]:
+            super().__init__(config, model)
+            return
+        # RecBole's ensure_dir (exists? then makedirs) fails on the rank that loses the race
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        with _cpu_ddp_shim():
+            super().__init__(config, model)
+        # one file name for every rank: rank 0's (ranks may start in different seconds)
+        name = [self.saved_model_file]
+        torch.distributed.broadcast_object_list(name, src=0)
+        self.saved_model_file = name[0]
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:

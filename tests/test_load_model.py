@@ -24,6 +24,12 @@ def test_load_model_gives_the_trained_weights_and_the_same_test_result(tiny, mod
     assert result == pytest.approx(out["test_result"])
 
 
+def test_load_model_of_a_features_only_model(tiny):
+    out = run(model="PRISM_SASRec", dataset="tiny", config_dict=dict(tiny, epochs=1, prism_fusion="none"))
+    loaded = load_model(out["checkpoint"])
+    assert loaded.config["prism_fusion"] == "none" and loaded.model.prism.interaction_experts is None
+
+
 def test_load_model_names_a_changed_dataset(tiny, tmp_path):
     out = run(model="SASRec", dataset="tiny", config_dict=dict(tiny, epochs=1))
     other = write_dataset(str(tmp_path / "other"), n_items=30)

@@ -722,6 +722,10 @@ class MMSR(SequentialRecommender):
                 for table, init in zip(self.code_embeddings, centroid_init):
                     table.weight.copy_(init)
         self.mmsr_gate_weights = None
+        # every buffer (item vectors, code links, relation tables) is built from the data and
+        # the config alone, the same on each rank: DistributedDataParallel must not broadcast
+        # them from rank 0 on every batch (the item vectors alone can be hundreds of MB)
+        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
 
     # ---- graph and node states ---------------------------------------------------------------
     def node_vectors(self, tau, ids):
