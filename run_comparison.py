@@ -108,12 +108,12 @@ def main(argv=None):
 
 
 def cli():
-    """One ``error:`` line and exit code 2 for bad arguments (see run_recbole.cli)."""
-    try:
-        return main()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    """``main()`` for the command line: bad arguments end in one ``error:`` line and exit code
+    2 (prism_recbole.cli; PRISM_RECBOLE_TRACEBACK=1 shows the traceback).  A model that fails
+    during the comparison is not an error here: it is a row of the table."""
+    from prism_recbole.cli import run_cli
+
+    return run_cli(main)
 
 
 if __name__ == "__main__":

@@ -98,17 +98,9 @@ def cli():
     """``main()`` for the command line: bad input (unknown tokens, an unsafe or missing
     checkpoint, a moved dataset ...) ends in one ``error:`` line and exit code 2.  Set
     PRISM_RECBOLE_TRACEBACK=1 to see the traceback instead."""
-    if os.environ.get("PRISM_RECBOLE_TRACEBACK") == "1":
-        return main()
-    from prism_recbole.data import AtomicFileError
-    from prism_recbole.trainer import UnsafeCheckpointError
+    from prism_recbole.cli import run_cli
 
-    try:
-        return main()
-    except (AtomicFileError, UnsafeCheckpointError, ValueError, KeyError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}\n(set PRISM_RECBOLE_TRACEBACK=1 to see where)", file=sys.stderr)
-        sys.exit(2)
+    return run_cli(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""The command lines' shared error handling (run_recbole.py, run_comparison.py, run_hyper.py,
+run_fusion_report.py, run_recommend.py).
+
+Bad input (an unknown model or option, a malformed atomic file, a bad vector, an unsafe or
+missing checkpoint, unknown tokens, a bad params-file line ...) ends in one ``error:`` line on
+stderr and exit code 2, instead of a traceback.  Set PRISM_RECBOLE_TRACEBACK=1 to see the
+traceback instead.
+"""
+import os
+import sys
+
+
+def run_cli(main, *args):
+    """Call ``main(*args)``; turn the expected bad-input errors into one line and exit code 2."""
+    if os.environ.get("PRISM_RECBOLE_TRACEBACK") == "1":
+        return main(*args)
+    from prism_recbole.data import AtomicFileError
+    from prism_recbole.trainer import UnsafeCheckpointError
+
+    try:
+        return main(*args)
+    except (AtomicFileError, UnsafeCheckpointError, ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}\n(set PRISM_RECBOLE_TRACEBACK=1 to see where)", file=sys.stderr)
+        sys.exit(2)
