@@ -125,3 +125,18 @@ def test_aux_loss_is_added_and_reaches_the_experts(tiny):
     torch.manual_seed(0)
     rec_only = SASRec.calculate_loss(model, batch)
     torch.testing.assert_close(total, rec_only + model._prism_aux_loss, rtol=1e-4, atol=1e-5)
+
+
+def test_reproducibility_switches_on_deterministic_algorithms(tiny):
+    import torch
+
+    from prism_recbole.quick_start import run
+
+    torch.use_deterministic_algorithms(False)
+    try:
+        run(model="PRISM_SASRec", dataset="tiny", config_dict=dict(tiny, epochs=1, reproducibility=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+        run(model="PRISM_SASRec", dataset="tiny", config_dict=dict(tiny, epochs=1))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
