@@ -30,20 +30,17 @@ VARIANTS = {
 
 def _parse_extra_variant(spec, parser):
     """["label", "key=value", ...] -> (label, {key: value}); values are read like YAML."""
-    import yaml
+    from prism_recbole.experiments import parse_options
 
     label, items = spec[0], spec[1:]
     if "=" in label or not items:
         parser.error(f"--add_variant needs a label and at least one key=value, got {' '.join(spec)!r}")
     if label in VARIANTS:
         parser.error(f"--add_variant label {label!r} is already a built-in variant")
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--add_variant {label}: {item!r} is not key=value")
-        options[key.lstrip("-")] = yaml.safe_load(value)
-    return label, options
+    try:
+        return label, parse_options(items, f"--add_variant {label}")
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def main(argv=None):
@@ -62,8 +59,9 @@ def main(argv=None):
     # our own flags are not RecBole options: keep only --key=value items for RecBole's Config
     own = {"--model", "--dataset", "--config_files", "--seeds", "--variants", "--out",
            "--add_variant"}
-    sys.argv = [sys.argv[0]] + [a for a in (argv if argv is not None else sys.argv[1:])
-                                if a.startswith("--") and "=" in a and a.split("=")[0] not in own]
+    from prism_recbole.cli import recbole_argv
+
+    sys.argv = recbole_argv(argv if argv is not None else sys.argv[1:], own)
     extra = [_parse_extra_variant(spec, parser) for spec in args.add_variant]
 
     from prism_recbole.experiments import Variant, run_variants, summarize, write_tables

@@ -64,8 +64,9 @@ def main(argv=None):
     args, _ = parser.parse_known_args(argv)
     raw = argv if argv is not None else sys.argv[1:]
     # our own flags are not RecBole options: keep only --key=value items for RecBole's Config
-    sys.argv = [sys.argv[0]] + [a for a in raw if a.startswith("--") and "=" in a
-                                and a.split("=")[0] not in OWN_FLAGS]
+    from prism_recbole.cli import recbole_argv
+
+    sys.argv = recbole_argv(raw, OWN_FLAGS)
 
     from prism_recbole.experiments import (markdown_table, parse_model_spec, plot_metric,
                                            run_variants, summarize, write_tables)

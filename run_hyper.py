@@ -62,8 +62,9 @@ def main(argv=None):
     # our own flags are not RecBole options: RecBole's Config reads --key=value from sys.argv,
     # so keep only the other --key=value items there (they apply to every trial)
     items = argv if argv is not None else sys.argv[1:]
-    sys.argv = [sys.argv[0]] + [a for a in items
-                                if a.startswith("--") and "=" in a and a.split("=")[0] not in OWN_FLAGS]
+    from prism_recbole.cli import recbole_argv
+
+    sys.argv = recbole_argv(items, OWN_FLAGS)
 
     from prism_recbole.hyper import format_params, search
 

@@ -23,3 +23,10 @@ def run_cli(main, *args):
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}\n(set PRISM_RECBOLE_TRACEBACK=1 to see where)", file=sys.stderr)
         sys.exit(2)
+
+
+def recbole_argv(argv, own_flags):
+    """``sys.argv`` for RecBole's Config, which reads every ``--key=value`` there: the program
+    name and the ``--key=value`` items that are not the command's own flags."""
+    return [sys.argv[0]] + [a for a in argv
+                            if a.startswith("--") and "=" in a and a.split("=")[0] not in own_flags]

@@ -190,20 +190,28 @@ def parse_model_spec(spec):
     Option values are read like YAML (``true`` -> True, ``0.5`` -> 0.5, ``[a, b]`` -> list);
     the label is the spec itself, so the same model may appear with several option sets.
     """
-    import yaml
-
     model, _, rest = spec.partition(":")
     model = model.strip()
     if not model:
         raise ValueError(f"model spec {spec!r} has no model name")
-    options = {}
-    if rest:
-        for item in _split_options(rest):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"model spec {spec!r}: {item!r} is not key=value")
-            options[key.strip()] = yaml.safe_load(value.strip())
+    options = parse_options(_split_options(rest), f"model spec {spec!r}") if rest else {}
     return Variant(spec, model, options, "")
+
+
+def parse_options(items, where):
+    """``["key=value", ...]`` -> ``{key: value}``, values read like YAML (``true`` -> True,
+    ``0.5`` -> 0.5, ``[a, b]`` -> list); a leading ``--`` on a key is dropped.  ``where`` names
+    the argument in the error."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ValueError(f"{where}: {item!r} is not key=value")
+        options[key] = yaml.safe_load(value.strip())
+    return options
 
 
 def _split_options(text):
