@@ -204,3 +204,29 @@ def test_the_cache_holds_no_pickles(tmp_path):
                     array = np.lib.format.read_array(f, allow_pickle=False)
                 assert array.dtype in (np.float32, np.bool_)
     assert meta["signature"]["fields"] == ["img_emb", "txt_emb"] and len(meta["tokens"]) == 24
+
+
+def test_sparse_leading_modality_loads_and_caches(tmp_path):
+    """Items 1-1,500 have an empty img_emb cell, 1,501-2,000 a vector: the first chunks of the
+    streaming parse are all empty.  Loading works, the empty items are missing, the filled ones
+    have their vectors, and the cache written afterwards gives the same tables on a rerun."""
+    n_items = 2000
+    rows = {str(i): {"img_emb": ""} for i in range(1, 1501)}
+    data = write_dataset(str(tmp_path / "data"), n_users=40, n_items=n_items, item_rows=rows,
+                         inter_items=lambda u, n, rng: rng.choice(np.arange(1, n_items + 1), size=n))
+    first = build(data, tmp_path)
+    assert first.modality_cache_status == "written"
+    for ds in (first, build(data, tmp_path)):
+        feats, missing = ds.modality_table("img_emb")
+        assert feats.shape[1] == 8
+        token2id = ds.field2token_id["item_id"]
+        for token, id_ in token2id.items():
+            if token == "[PAD]":
+                continue
+            if int(token) <= 1500:
+                assert missing[id_] and not feats[id_].any()
+            else:
+                assert not missing[id_]
+                np.testing.assert_allclose(feats[id_].numpy(), item_vector(token, "img_emb"), rtol=1e-5)
+        assert not ds.modality_table("txt_emb")[1][1:].any()
+    assert build(data, tmp_path).modality_cache_status == "read"

@@ -196,6 +196,7 @@ class _FieldAccumulator:
         self.seq_len = seq_len
         self.lengths = []
         self.dim = None  # provisional: the first non-empty length
+        self.leading_empty = 0  # rows flushed before any vector gave the width
         self.pending = []
         self.chunks = []
         self.first_nonfinite = None  # (row, bad value)
@@ -219,6 +220,9 @@ class _FieldAccumulator:
         if n:
             if self.dim is None:
                 self.dim = n
+                if self.leading_empty:  # the empty rows seen so far, now that the width is known
+                    self.chunks.append(np.zeros((self.leading_empty, n), dtype=np.float32))
+                    self.leading_empty = 0
             if self.first_nonfinite is None and not np.isfinite(vec).all():
                 self.first_nonfinite = (row, vec[~np.isfinite(vec)][0])
         self.pending.append(vec)
@@ -227,6 +231,10 @@ class _FieldAccumulator:
 
     def flush(self):
         if not self.pending:
+            return
+        if self.dim is None:  # only empty cells so far: their block is made once the width is known
+            self.leading_empty += len(self.pending)
+            self.pending = []
             return
         block = np.zeros((len(self.pending), self.dim or 0), dtype=np.float32)
         for i, vec in enumerate(self.pending):
