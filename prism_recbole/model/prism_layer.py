@@ -31,7 +31,7 @@ positions, as the authors' code does); its loss becomes L_rec + L_aux.
 
 Deviations from the authors' code (github.com/YutongLi2024/PRISM), each with an option:
 * pooling is a masked mean over the real items of the input prefix (theirs averages all L
-  positions, padding included: ``prism_pooling: full_mean`` reproduces that);
+  positions, padding included: ``prism_pooling: full_mean`` reproduces that, see below);
 * the expert's dropout acts on its hidden activation with rate ``prism_expert_dropout``; theirs
   applies ``Dropout(0.5)`` to a tensor it then throws away, so their effective rate is 0, which
   is our default;
@@ -41,6 +41,20 @@ Deviations from the authors' code (github.com/YutongLi2024/PRISM), each with an 
   deterministic (theirs runs all passes and draws noise at evaluation too);
 * the padding row of every table is zero and missing modalities are zero vectors with a
   missing flag, excluded from the pooling (theirs: random rows).
+
+``prism_pooling: full_mean`` (the authors' pooling, for comparison).  x̄^m = (1/L) Σ_{t<L} x^m_t
+over all L positions and ē = (1/L) Σ_t e_t, padding included, as their ``V.mean(dim=1)``.  Like
+theirs, a padding position contributes the projection of a fixed random padding vector (drawn
+once, N(0, initializer_range²) per value, like their randomly initialised padding row) plus the
+bias, and that vector never trains (theirs: ``padding_idx=0``); the ID padding row is RecBole's
+(randomly initialised, frozen by ``padding_idx``), as theirs.  What still differs: an item
+missing a modality contributes the bias alone (theirs has no missing items); RecBole pads on the
+right, theirs on the left (the mean does not depend on where); and their feature tables'
+mask row N+1 does not exist here.
+
+Cost.  The pooling is a weighted ``embedding_bag`` over the projected vectors of the batch's
+distinct items (training) or of the whole catalogue, projected once per evaluation (no
+gradients, parameters unchanged): memory O(B·L + U·M·D), never ``[B, U]`` or ``[B, L, M, D]``.
 """
 from dataclasses import dataclass
 from typing import List, Optional
@@ -68,10 +82,11 @@ class ModalityFeatures(nn.Module):
     Tables are initialised from the dataset's dense tables.  ``trainable=True`` fine-tunes
     them (the authors' code does); ``False`` keeps them as buffers (cheaper).  Row 0 and the
     rows of items missing a modality stay out of every result (their projection is zeroed).
+    ``pad_std``: the std of the fixed padding vectors of the ``full_mean`` pooling (0: none).
     """
 
     def __init__(self, tables: List[torch.Tensor], missing: List[torch.Tensor], hidden_size: int,
-                 trainable: bool = True, n_rows: Optional[int] = None):
+                 trainable: bool = True, n_rows: Optional[int] = None, pad_std: float = 0.0):
         super().__init__()
         self.n_modalities = len(tables)
         self.trainable = trainable
@@ -86,9 +101,14 @@ class ModalityFeatures(nn.Module):
                 self.tables.append(nn.Embedding.from_pretrained(full, freeze=False, padding_idx=0))
             else:
                 self.register_buffer(f"table_{m}", full, persistent=False)
+            # the authors' padding row: random, never trained (own generator: the global RNG,
+            # and so every other initialisation, is untouched)
+            pad = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(m)) * pad_std
+            self.register_buffer(f"pad_{m}", pad, persistent=False)
         present[0] = False
         self.register_buffer("present", present, persistent=False)  # [n_rows, M]
         self.projections = nn.ModuleList(nn.Linear(t.shape[1], hidden_size) for t in tables)
+        self._cache = None  # (key, zeroed [n_rows, M, D], summed [n_rows, D], raw or None)
 
     def table(self, m):
         return self.tables[m].weight if self.trainable else getattr(self, f"table_{m}")
@@ -98,13 +118,52 @@ class ModalityFeatures(nn.Module):
         return [] if self.trainable else [f"table_{m}" for m in range(self.n_modalities)]
 
     def forward(self, item_ids: torch.Tensor):
-        """item_ids [U] (distinct ids) -> (projected [U, M, D] with missing and padding rows
-        zeroed, the same without zeroing, present [U, M])."""
-        raw = torch.stack(
-            [proj(self.table(m)[item_ids]) for m, proj in enumerate(self.projections)], dim=1
-        )
+        """item_ids [U] -> (projected [U, M, D] with missing and padding rows zeroed,
+        raw [U, M, D]: W_m f + b_m with the fixed padding vector for id 0, present [U, M])."""
+        is_pad = (item_ids == 0).unsqueeze(-1)
+        raw = torch.stack([
+            proj(torch.where(is_pad, getattr(self, f"pad_{m}"), self.table(m)[item_ids]))
+            for m, proj in enumerate(self.projections)
+        ], dim=1)
         present = self.present[item_ids]
         return raw * present.unsqueeze(-1), raw, present
+
+    def _cache_key(self):
+        tensors = list(self.parameters()) + list(self.buffers())  # tables, pads, present
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors) + (
+            torch.is_autocast_enabled(self.present.device.type),
+        )
+
+    def all_rows(self, with_raw=False):
+        """(zeroed [n_rows, M, D], Σ_m [n_rows, D], raw or None) for every row of the tables.
+
+        Without gradients (evaluation) the result is kept until a parameter changes (an
+        optimizer step or ``load_state_dict`` bumps its version), so an evaluation projects the
+        catalogue once, not once per batch."""
+        cacheable = not torch.is_grad_enabled()
+        if cacheable and self._cache is not None and self._cache[0] == self._cache_key() and (
+                self._cache[3] is not None or not with_raw):
+            return self._cache[1:]
+        ids = torch.arange(self.present.shape[0], device=self.present.device)
+        zeroed, raw, _ = self(ids)
+        rows = (zeroed, zeroed.sum(dim=1), raw if with_raw else None)
+        self._cache = (self._cache_key(),) + rows if cacheable else None
+        return rows
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+
+def pool_mean(table, index, weights):
+    """Σ_t w[b,t]·table[index[b,t]] / Σ_t w[b,t] for each row b (0 where all weights are 0).
+
+    ``table`` [U, C], ``index`` [B, L] into its rows, ``weights`` [B, L] >= 0.  A weighted
+    ``embedding_bag``: O(B·L) work and memory plus the [B, C] result; nothing of size
+    [B, L, C] or [B, U] is built."""
+    weights = weights.to(table.dtype)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
 
 
 class Expert(nn.Module):
@@ -121,27 +180,41 @@ class Expert(nn.Module):
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
 
-def uniqueness_loss(clean, replaced, m, margin):
+def masked_mean(values, mask=None):
+    """Mean of ``values`` (any shape) over the entries where ``mask`` is true (all if None)."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _triplet(anchor, positive, negative, margin, eps=1e-7):
+    """max(d(a, p) - d(a, n) + margin, 0) per row, d = ||a - b + eps||₂ (torch's triplet loss)."""
+    d_ap = (anchor - positive + eps).norm(dim=-1)
+    d_an = (anchor - negative + eps).norm(dim=-1)
+    return (d_ap - d_an + margin).clamp(min=0.0)
+
+
+def uniqueness_loss(clean, replaced, m, margin, mask=None):
     """L_uni_m: triplet(anchor h, positives h^{¬j} for j != m, negative h^{¬m}), mean over j."""
     positives = [replaced[j] for j in range(len(replaced)) if j != m]
     if not positives:
         return clean.new_zeros(())
-    losses = [
-        F.triplet_margin_loss(clean, pos, replaced[m], margin=margin, p=2, eps=1e-7)
-        for pos in positives
-    ]
+    losses = [masked_mean(_triplet(clean, pos, replaced[m], margin), mask) for pos in positives]
     return torch.stack(losses).mean()
 
 
-def synergy_loss(clean, replaced):
+def synergy_loss(clean, replaced, mask=None):
     """L_syn = mean_m mean_b cos(h, h^{¬m}); minimising it pushes h away from every h^{¬m}."""
-    return torch.stack([F.cosine_similarity(clean, r, dim=-1).mean() for r in replaced]).mean()
+    return torch.stack(
+        [masked_mean(F.cosine_similarity(clean, r, dim=-1), mask) for r in replaced]
+    ).mean()
 
 
-def redundancy_loss(clean, replaced):
+def redundancy_loss(clean, replaced, mask=None):
     """L_red = mean_m mean_b (1 - cos(h, h^{¬m})); minimising it pulls h^{¬m} towards h."""
     return torch.stack(
-        [(1.0 - F.cosine_similarity(clean, r, dim=-1)).mean() for r in replaced]
+        [masked_mean(1.0 - F.cosine_similarity(clean, r, dim=-1), mask) for r in replaced]
     ).mean()
 
 
@@ -152,7 +225,9 @@ class InteractionExpertLayer(nn.Module):
     """M uniqueness experts, one synergy expert, one redundancy expert, and their losses.
 
     ``kinds`` keeps a subset of the expert kinds (for ablations); "unique" means one expert per
-    modality.  Expert k's loss is computed only for the experts that exist.
+    modality.  Expert k's loss is computed only for the experts that exist.  Inputs may have
+    any leading shape (``[B, M, D]`` per sequence, ``[B, L, M, D]`` per position); ``mask``
+    (the leading shape, bool) says which rows the auxiliary losses average over.
     """
 
     def __init__(self, n_modalities, hidden_size, expert_hidden, dropout, noise_std,
@@ -192,38 +267,38 @@ class InteractionExpertLayer(nn.Module):
         return self.noise_std
 
     def _replaced_inputs(self, pooled):
-        """[M, B, M·D]: for each m, the input with modality m replaced by fresh noise."""
+        """[M, ..., M·D]: for each m, the input with modality m replaced by fresh noise."""
         inputs = []
         for m in range(self.n_modalities):
-            parts = list(pooled.unbind(dim=1))
+            parts = list(pooled.unbind(dim=-2))
             parts[m] = torch.randn_like(parts[m]) * self._noise_scale(parts[m])
             inputs.append(torch.cat(parts, dim=-1))
         return torch.stack(inputs)
 
-    def forward(self, pooled: torch.Tensor, with_aux: bool):
-        """pooled: [B, M, D].  Returns (clean outputs [B, K, D], L_aux, terms or None)."""
-        x = pooled.flatten(1)  # [B, M·D]
+    def forward(self, pooled: torch.Tensor, with_aux: bool, mask=None):
+        """pooled: [..., M, D].  Returns (clean outputs [..., K, D], L_aux, terms or None)."""
+        x = pooled.flatten(-2)  # [..., M·D]
         if not with_aux:
-            return torch.stack([f(x) for f in self.experts], dim=1), x.new_zeros(()), None
+            return torch.stack([f(x) for f in self.experts], dim=-2), x.new_zeros(()), None
         clean, terms = [], {}
         aux = x.new_zeros(())
         for name, (kind, m), expert in zip(self.expert_names, self.expert_kinds, self.experts):
-            # one call per expert on [(1 + M)·B, M·D]: the clean input and M noisy copies,
-            # each expert drawing its own noise (as in the authors' code)
+            # one call per expert on the clean input and M noisy copies stacked, each expert
+            # drawing its own noise (as in the authors' code)
             stacked = torch.cat([x.unsqueeze(0), self._replaced_inputs(pooled)], dim=0)
-            out = expert(stacked)  # [1 + M, B, D]
+            out = expert(stacked)  # [1 + M, ..., D]
             clean.append(out[0])
             replaced = list(out[1:])
             if kind == "unique":
-                terms[name] = uniqueness_loss(out[0], replaced, m, self.margin)
+                terms[name] = uniqueness_loss(out[0], replaced, m, self.margin, mask)
                 aux = aux + self.lambda_uni * terms[name]
             elif kind == "synergy":
-                terms[name] = synergy_loss(out[0], replaced)
+                terms[name] = synergy_loss(out[0], replaced, mask)
                 aux = aux + self.lambda_syn * terms[name]
             else:
-                terms[name] = redundancy_loss(out[0], replaced)
+                terms[name] = redundancy_loss(out[0], replaced, mask)
                 aux = aux + self.lambda_red * terms[name]
-        return torch.stack(clean, dim=1), aux, terms
+        return torch.stack(clean, dim=-2), aux, terms
 
 
 class AdaptiveFusionLayer(nn.Module):
@@ -240,10 +315,10 @@ class AdaptiveFusionLayer(nn.Module):
         )
 
     def forward(self, expert_outputs, user_summary):
-        """expert_outputs: [B, K, D]; user_summary ē: [B, D] -> (z [B, D], w [B, K])."""
-        gate_input = torch.cat([expert_outputs.flatten(1), user_summary], dim=-1)
+        """expert_outputs: [..., K, D]; user_summary ē: [..., D] -> (z [..., D], w [..., K])."""
+        gate_input = torch.cat([expert_outputs.flatten(-2), user_summary], dim=-1)
         weights = torch.softmax(self.gate(gate_input) / self.temperature, dim=-1)
-        fused = torch.einsum("bk,bkd->bd", weights, expert_outputs)
+        fused = (weights.unsqueeze(-1) * expert_outputs).sum(dim=-2)
         return fused, weights
 
 
@@ -251,9 +326,9 @@ class UniformFusionLayer(nn.Module):
     """Fixed equal weights: w_k = 1/K, z = mean_k h_k (the "uniform" ablation; no parameters)."""
 
     def forward(self, expert_outputs, user_summary):
-        B, K = expert_outputs.shape[:2]
-        weights = expert_outputs.new_full((B, K), 1.0 / K)
-        return expert_outputs.mean(dim=1), weights
+        K = expert_outputs.shape[-2]
+        weights = expert_outputs.new_full(expert_outputs.shape[:-1], 1.0 / K)
+        return expert_outputs.mean(dim=-2), weights
 
 
 FUSION_LEVELS = ("sequence", "item")
@@ -267,7 +342,8 @@ class PRISMLayer(nn.Module):
     pooled vectors x̄ and broadcasts one fused vector z over the positions.  ``"item"`` (an
     extension) runs them once per distinct item of the batch on that item's own vectors
     [x^1_i ; ... ; x^M_i]; the gate still reads the user's summary (the mean expert outputs over
-    the user's items, and ē) and position t gets z_t = Σ_k w_k h_k(s_t).
+    the user's items, and ē) and position t gets z_t = Σ_k w_k h_k(s_t); a position that
+    receives the addition but holds no real item (BERT4Rec's mask token) gets the user's z.
     ``item_features=False`` leaves Σ_m x^m_t out of what is added (when the candidate side
     already carries the modality vectors, or to let the fused vector carry them alone).
 
@@ -306,7 +382,10 @@ class PRISMLayer(nn.Module):
         self.fusion = fusion
         self.aux_loss = aux_loss
         self.n_modalities = len(tables)
-        self.features = ModalityFeatures(tables, missing, hidden_size, trainable_features, n_rows)
+        self.features = ModalityFeatures(
+            tables, missing, hidden_size, trainable_features, n_rows,
+            pad_std=initializer_range if pooling == "full_mean" else 0.0,
+        )
         if fusion == "none":
             self.interaction_experts = self.adaptive_fusion = None
             self.expert_names = []
@@ -331,8 +410,39 @@ class PRISMLayer(nn.Module):
 
     def all_item_vectors(self):
         """Σ_m x^m_i for every row of the tables: [n_rows, D] (zero for padding/missing)."""
-        ids = torch.arange(self.features.present.shape[0], device=self.features.present.device)
-        return self.features(ids)[0].sum(dim=1)
+        return self.features.all_rows()[1]
+
+    def _batch_rows(self, item_seq, need_raw):
+        """The projected vectors the batch reads and the index into them:
+        (zeroed [R, M, D], Σ_m [R, D], raw [R, M, D] or None, present [R, M], index [B, L]).
+
+        With gradients: the R = U distinct items of the batch, projected here.  Without
+        (evaluation): the whole catalogue, projected once per evaluation (see ``all_rows``),
+        indexed by the item ids themselves."""
+        if torch.is_grad_enabled():
+            unique_ids, index = torch.unique(item_seq, return_inverse=True)
+            zeroed, raw, present = self.features(unique_ids)
+            return zeroed, zeroed.sum(dim=1), raw if need_raw else None, present, index
+        zeroed, summed, raw = self.features.all_rows(with_raw=need_raw)
+        return zeroed, summed, raw, self.features.present, item_seq
+
+    def pool(self, rows, present, index, id_emb, pool_mask):
+        """The user's pooled modality vectors x̄ [B, M, D] and ID summary ē [B, D].
+
+        masked_mean: over the positions of ``pool_mask`` whose item has modality m;
+        full_mean: over all L positions, padding included (the authors' pooling)."""
+        if self.pooling == "full_mean":
+            weights = torch.ones_like(index, dtype=rows.dtype)
+            pooled = [pool_mean(rows[:, m], index, weights) for m in range(self.n_modalities)]
+            return torch.stack(pooled, dim=1), id_emb.mean(dim=1)
+        real = pool_mask.to(rows.dtype)
+        pooled = [
+            pool_mean(rows[:, m], index, real * present[:, m][index].to(rows.dtype))
+            for m in range(self.n_modalities)
+        ]
+        real = real.unsqueeze(1)  # [B, 1, L]
+        user_summary = torch.bmm(real.to(id_emb.dtype), id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)
+        return torch.stack(pooled, dim=1), user_summary
 
     def forward(self, item_seq, id_emb, pool_mask, add_mask=None, with_aux=None) -> PRISMOutput:
         """item_seq [B, L] ids; id_emb [B, L, D] = E[item_seq]; pool_mask [B, L] bool: the
@@ -341,54 +451,46 @@ class PRISMLayer(nn.Module):
         with_aux = (self.training and self.aux_loss) if with_aux is None else with_aux
         add_mask = pool_mask if add_mask is None else add_mask
         B, L = item_seq.shape
+        D = id_emb.shape[-1]
         dtype = id_emb.dtype
-        if self.fusion == "none":  # the item features alone: no experts, gate or aux loss
-            unique_ids, inverse = torch.unique(item_seq, return_inverse=True)
-            x = self.features(unique_ids)[0]
-            add = x.sum(dim=1)[inverse] * add_mask.unsqueeze(-1).to(dtype)
-            zeros = id_emb.new_zeros(B, 0)
-            return PRISMOutput(add, id_emb.new_zeros(()), zeros, id_emb.new_zeros(B, id_emb.shape[-1]),
-                               id_emb.new_zeros(B, 0, id_emb.shape[-1]), None)
-        # Each distinct item of the batch is projected once (U <= B·L rows), and the pooling
-        # is a [B, U] x [U, D] product with the number of times each item occurs in each
-        # sequence, so no [B, L, M, D] tensor is ever built.
-        unique_ids, inverse = torch.unique(item_seq, return_inverse=True)  # [U], [B, L]
-        x, x_raw, present = self.features(unique_ids)  # [U, M, D], [U, M, D], [U, M]
-        occurrences = id_emb.new_zeros(B, unique_ids.numel())
-        if self.pooling == "masked_mean":
-            occurrences.scatter_add_(1, inverse, pool_mask.to(dtype))
-            real = pool_mask.to(dtype).unsqueeze(1)  # [B, 1, L]
-            user_summary = torch.bmm(real, id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)  # ē
-        else:  # full_mean: the authors' unmasked mean over all L positions, padding included
-            occurrences.scatter_add_(1, inverse, torch.ones_like(id_emb[..., 0]))
-            user_summary = id_emb.mean(dim=1)
+        rows, summed, raw, present, index = self._batch_rows(
+            item_seq, need_raw=self.pooling == "full_mean" and self.fusion != "none")
+        gate_weights = id_emb.new_zeros(B, len(self.expert_names))
+        fused = id_emb.new_zeros(B, D)
+        expert_outputs = id_emb.new_zeros(B, len(self.expert_names), D)
+        aux_loss, terms, per_position = id_emb.new_zeros(()), None, None
 
-        if self.fusion_level == "sequence":
-            if self.pooling == "masked_mean":
-                # [M, B, U]: how often each item that has modality m occurs in each sequence
-                weights = occurrences.unsqueeze(0) * present.t().to(dtype).unsqueeze(1)
-                pooled = torch.bmm(weights, x.transpose(0, 1))  # [M, B, D], no big permute
-                pooled = (pooled / weights.sum(-1, keepdim=True).clamp(min=1.0)).transpose(0, 1)
-            else:
-                pooled = torch.einsum("bu,umd->bmd", occurrences, x_raw) / L
+        if self.fusion != "none" and self.fusion_level == "sequence":
+            pooled, user_summary = self.pool(raw if raw is not None else rows, present, index,
+                                             id_emb, pool_mask)
             expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux)
             fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
             per_position = fused.unsqueeze(1)  # z, broadcast over the positions
-        else:  # item level: experts on each distinct real item of the batch
-            real_item = present.any(dim=1)  # [U]: not padding / mask token / all-missing
-            item_outputs = x.new_zeros(unique_ids.numel(), len(self.expert_names), x.shape[-1])
+        elif self.fusion != "none":  # item level: experts on each distinct real item
+            if not torch.is_grad_enabled():  # evaluation: only the batch's items, not the catalogue
+                unique_ids, index = torch.unique(item_seq, return_inverse=True)
+                rows, present = rows[unique_ids], present[unique_ids]
+            real_item = present.any(dim=1)  # [R]: not padding / mask token / all-missing
+            K = len(self.expert_names)
+            item_outputs = rows.new_zeros(rows.shape[0], K, D)
             if real_item.any():
-                outputs, aux_loss, terms = self.interaction_experts(x[real_item], with_aux)
+                outputs, aux_loss, terms = self.interaction_experts(rows[real_item], with_aux)
                 item_outputs = item_outputs.index_put((real_item.nonzero().squeeze(1),), outputs)
-            else:
-                aux_loss, terms = x.new_zeros(()), None
-            counts = occurrences.sum(1).clamp(min=1.0)
-            expert_outputs = torch.einsum("bu,ukd->bkd", occurrences, item_outputs) / counts[:, None, None]
+            _, user_summary = self.pool(rows, present, index, id_emb, pool_mask)
+            expert_outputs = pool_mean(item_outputs.flatten(1), index, pool_mask).view(B, K, D)
             fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
-            per_position = torch.einsum("bk,blkd->bld", gate_weights, item_outputs[inverse])
+            # z_t = Σ_k w_k h_k(s_t), one [B, L, D] term per expert (never [B, L, K, D]); the
+            # user's z where the position holds no real item (BERT4Rec's mask token)
+            per_position = (~real_item[index]).unsqueeze(-1).to(dtype) * fused.unsqueeze(1)
+            for k in range(K):
+                per_position = per_position + gate_weights[:, k, None, None] * item_outputs[:, k][index]
 
-        add = per_position
-        if self.item_features:
-            add = x.sum(dim=1)[inverse] + add  # Σ_m x^m_t + z
+        add = summed[index] if self.item_features else None  # Σ_m x^m_t
+        if per_position is not None:
+            add = per_position if add is None else add + per_position
+        if add is None:  # features only, and they are on the candidate side (id+modal)
+            add = id_emb.new_zeros(B, L, D)
+        elif add.shape[1] != L:  # z alone, broadcast over the positions
+            add = add.expand(B, L, D)
         add = add * add_mask.unsqueeze(-1).to(dtype)  # only at the chosen positions
         return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms)
