@@ -226,3 +226,39 @@ def test_bad_choice_options_name_the_option(tiny):
         build("PRISM_SASRec", small(tiny, prism_item_side="modal"))
     with pytest.raises(ValueError, match="prism_fusion_level"):
         build("PRISM_SASRec", small(tiny, prism_fusion_level="user"))
+
+
+def test_prediction_raises_when_the_backbone_skips_the_embedding_hook(tiny, monkeypatch):
+    """A backbone that rebuilds its sequence tensor would be evaluated without PRISM: every
+    entry point (not only calculate_loss) must refuse."""
+    _, model, train_data, test_data = build("PRISM_SASRec", small(tiny))
+    model.eval()
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        model.full_sort_predict(batch)  # fine as it is
+    from recbole.model.sequential_recommender.sasrec import SASRec
+
+    original = SASRec.forward
+
+    def rebuilding_forward(self, item_seq, item_seq_len):
+        return original(self, item_seq.clone(), item_seq_len)  # a new tensor: the hook misses it
+
+    monkeypatch.setattr(SASRec, "forward", rebuilding_forward)
+    for call in (model.full_sort_predict, model.predict, model.calculate_loss):
+        data = next(iter(train_data)) if call == model.calculate_loss else batch
+        with pytest.raises(RuntimeError, match="PRISM was not applied"):
+            with torch.no_grad():
+                call(data)
+
+
+def test_item_level_bert4rec_gives_the_masked_position_the_users_vector(tiny):
+    _, model, _, test_data = build("PRISM_BERT4Rec", small(tiny, prism_fusion_level="item"))
+    model.eval()
+    batch = next(iter(test_data))[0]
+    item_seq = model.reconstruct_test_data(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    with torch.no_grad():
+        model.forward(item_seq)
+    out = model.prism_output
+    at_mask = out.add_emb[item_seq == model.mask_token]  # [B, D]
+    assert at_mask.shape[0] == item_seq.shape[0] and at_mask.abs().sum(-1).gt(0).all()
+    torch.testing.assert_close(at_mask, out.fused)  # z = Σ_k w_k h̄_k of the visible items

@@ -261,7 +261,11 @@ class PRISMPlugin:
     @contextmanager
     def _prism_call(self, interaction):
         """Around one call of the model: remember the batch's sequence and lengths (for
-        backbones whose forward does not receive the lengths) and cache the id+modal table."""
+        backbones whose forward does not receive the lengths), cache the id+modal table, and
+        check afterwards that PRISM was applied (training and prediction alike: a backbone
+        that rebuilt its sequence tensor would otherwise be evaluated without PRISM)."""
+        self._prism_aux_loss = None
+        self.prism_output = None
         try:
             self._prism_batch = (interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         except KeyError:
@@ -274,18 +278,17 @@ class PRISMPlugin:
                 yield
         finally:
             self._prism_batch = None
-
-    def calculate_loss(self, interaction):
-        self._prism_aux_loss = None
-        with self._prism_call(interaction):
-            loss = super().calculate_loss(interaction)
-        if not self.prism_active:
-            return loss
-        if self._prism_aux_loss is None:
+        if self.prism_active and self.prism_output is None:
             raise RuntimeError(
                 f"{type(self).__name__}: the backbone's forward did not embed the input "
                 "sequence with self.item_embedding(item_seq), so PRISM was not applied"
             )
+
+    def calculate_loss(self, interaction):
+        with self._prism_call(interaction):
+            loss = super().calculate_loss(interaction)
+        if not self.prism_active:
+            return loss
         return loss + self._prism_aux_loss
 
     def predict(self, interaction):
