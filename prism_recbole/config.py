@@ -116,6 +116,9 @@ class Config(RecBoleConfig):
             load_col["item"] = item_cols
             final["load_col"] = load_col
 
+        if final.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
+            self._load_time_field(final)
+
         if getattr(self.model_class, "backbone_name", None):
             known = {k for k in self._own_model_options if k.startswith("prism_")}
             unknown = sorted(k for k in external if k.startswith("prism_") and k not in known)
@@ -126,6 +129,35 @@ class Config(RecBoleConfig):
                 )
             self._check_ablation_options(final, external)
         return final
+
+    def _load_time_field(self, final):
+        """Sequential models order each user's items by ``TIME_FIELD``: load it by default.
+
+        RecBole's default ``load_col`` (``inter: [user_id, item_id]``) leaves the timestamp out,
+        and a sequential model then stops with ``[timestamp] is not exist in interaction``.  When
+        the ``.inter`` file has the column it is added to ``load_col``; when it has none, the
+        error names the file and the fix."""
+        load_col, time_field = final.get("load_col"), final.get("TIME_FIELD") or "timestamp"
+        if not isinstance(load_col, dict) or not isinstance(load_col.get("inter"), (list, tuple)):
+            return  # load_col: ~ loads every column
+        if time_field in load_col["inter"]:
+            return
+        path = os.path.join(final.get("data_path") or "dataset/", self.dataset, f"{self.dataset}.inter")
+        if not os.path.isfile(path):
+            return  # benchmark files or a missing dataset: RecBole reports those
+        with open(path, "r", encoding=final.get("encoding") or "utf-8") as f:
+            header = f.readline().rstrip("\r\n").split(final.get("field_separator") or "\t")
+        names = [column.split(":")[0] for column in header]
+        if time_field not in names:
+            raise ValueError(
+                f"{path}: sequential model {self.model} orders each user's interactions by the "
+                f"time field '{time_field}' (option TIME_FIELD), but the file has no such column "
+                f"(columns: {', '.join(header)}). Add one (a timestamp, or the position in the "
+                "user's history as a float), or set TIME_FIELD to the column that orders them."
+            )
+        load_col = dict(load_col)
+        load_col["inter"] = list(load_col["inter"]) + [time_field]
+        final["load_col"] = load_col
 
     @staticmethod
     def _check_ablation_options(final, external):

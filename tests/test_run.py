@@ -140,3 +140,23 @@ def test_reproducibility_switches_on_deterministic_algorithms(tiny):
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_new_dataset_without_a_config_loads_the_timestamp(tmp_path, tiny_data, monkeypatch):
+    """run_recbole.py --model=... --dataset=mine --modalities=[...] with nothing else: RecBole's
+    default load_col leaves the timestamp out, which a sequential model needs."""
+    argv = ["--model=PRISM_SASRec", "--dataset=tiny", f"--data_path={tiny_data}",
+            "--modalities=[img_emb,txt_emb]", "--epochs=1", "--state=ERROR", "--show_progress=False",
+            f"--checkpoint_dir={tmp_path / 'saved'}", "--gpu_id=", "--MAX_ITEM_LIST_LENGTH=8"]
+    monkeypatch.setattr(sys, "argv", ["run_recbole.py"] + argv)
+    result = run_recbole.main(argv)
+    assert "ndcg@10" in result["test_result"]
+
+
+def test_an_inter_file_without_time_column_names_the_file_and_the_fix(tmp_path, tiny_data):
+    path = os.path.join(tiny_data, "tiny", "tiny.inter")
+    lines = open(path).read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join("\t".join(line.split("\t")[:2]) for line in lines) + "\n")
+    with pytest.raises(ValueError, match=r"tiny\.inter.*TIME_FIELD.*position"):
+        Config(model="SASRec", dataset="tiny", config_dict={"data_path": tiny_data})
