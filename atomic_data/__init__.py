@@ -9,4 +9,8 @@ Steps, each a command (see ``atomic_data/README.md``):
 * ``python -m atomic_data.pipeline``: the three in a row.
 
 ``build_ml100k_mm.py`` (the bundled demo dataset) is a separate script.
+
+Installed (``pip install .``), each is also a console script usable from any folder:
+``prism-data-convert``, ``prism-data-download-images``, ``prism-data-extract-clip``,
+``prism-data-pipeline``, ``prism-data-build-ml100k-mm`` and ``prism-data-s3rec``.
 """

@@ -263,11 +263,20 @@ def report_errors(function, *args):
     return 0
 
 
+def command_name(default):
+    """The program name for ``--help`` and usage lines: the console script's name when run as
+    one (``prism-data-convert``), else ``default`` (``python -m atomic_data.convert``)."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if invoked.endswith((".exe", "-script.py")):
+        invoked = invoked.rsplit("-script.py", 1)[0].rsplit(".exe", 1)[0]
+    return invoked if invoked.startswith("prism-data-") else default
+
+
 def step_main(prog, description, add_arguments, run_from_args, argv=None):
     """The command line of one step: its own options, then :func:`report_errors`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    parser = argparse.ArgumentParser(prog=command_name(prog), description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return report_errors(run_from_args, parser.parse_args(argv))

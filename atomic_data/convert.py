@@ -14,7 +14,8 @@ Writes into ``<out>/<name>/`` (``--out`` defaults to ``dataset``, RecBole's ``da
   items keyed by their own ids (reviewerID / user_id, asin / parent_asin / business_id),
   sorted by user, then time, then file order (RecBole's stable sort keeps that order for
   equal timestamps); timestamps in seconds since 1970 (Amazon 2023's milliseconds are
-  divided by 1000, Yelp's dates are read as UTC);
+  divided by 1000, Yelp's dates are read as UTC; a Yelp ``date`` given as epoch seconds or
+  milliseconds is accepted too);
 * ``NAME.meta.jsonl``: one line per item of ``NAME.inter`` (sorted by item id) with its
   ``text`` and its ``image`` source (a URL, or a local photo path for Yelp), read by
   ``download_images`` and ``extract_clip``; items without metadata get ``""`` / ``null``.
@@ -33,6 +34,8 @@ description, not the brand; ``--text-order authors`` gives the PRISM authors' or
 Bad input: a truncated gzip file, or a line that is neither JSON nor a Python dict literal,
 is an error naming the file and line (``--skip-bad-lines`` counts and skips such lines
 instead); a review with no user, item or timestamp is skipped and counted in the summary.
+When no interaction is left, the error gives the skipped lines per reason (with the first
+line of each) and what each filter dropped.
 """
 import csv
 import datetime as dt
@@ -80,8 +83,11 @@ class Interactions:
         self.rating, self.ts = array("d"), array("d")
         self.skipped = Counter()
         self.first_skip = {}
+        self.first_skip_line = {}
         self.bad_lines = 0
         self.first_bad_line = None
+        self.first_bad_excerpt = None
+        self.lines_read = 0
 
     def add(self, user, item, rating, ts):
         u = self.user_index.get(user)
@@ -97,25 +103,51 @@ class Interactions:
         self.rating.append(np.nan if rating is None else rating)
         self.ts.append(ts)
 
-    def skip(self, reason, path, line_no):
+    def skip(self, reason, path, line_no, line=None):
         self.skipped[reason] += 1
-        self.first_skip.setdefault(reason, f"{path}:{line_no}")
+        if reason not in self.first_skip:
+            self.first_skip[reason] = f"{path}:{line_no}"
+            self.first_skip_line[reason] = _excerpt(line)
+
+    def bad_line(self, path, line_no, line=None):
+        self.bad_lines += 1
+        if self.first_bad_line is None:
+            self.first_bad_line = f"{path}:{line_no}"
+            self.first_bad_excerpt = _excerpt(line)
+
+    def skip_report(self):
+        """Why review lines gave no interaction: one ``reason: count (first at FILE:LINE:
+        excerpt)`` entry per reason, or ``""`` when none was skipped."""
+        parts = []
+        for reason, count in self.skipped.most_common():
+            parts.append(f"{reason}: {count} (first at {self.first_skip[reason]}: "
+                         f"{self.first_skip_line.get(reason) or ''})")
+        if self.bad_lines:
+            parts.append(f"malformed lines (--skip-bad-lines): {self.bad_lines} (first at "
+                         f"{self.first_bad_line}: {self.first_bad_excerpt or ''})")
+        return "; ".join(parts)
 
     def arrays(self):
         return (np.frombuffer(self.u, dtype=np.int64), np.frombuffer(self.i, dtype=np.int64),
                 np.frombuffer(self.rating, dtype=np.float64), np.frombuffer(self.ts, dtype=np.float64))
 
 
+def _excerpt(line, limit=120):
+    """The start of a raw line for an error message."""
+    if line is None:
+        return None
+    return repr(line[:limit]) + ("..." if len(line) > limit else "")
+
+
 def _records(path, inter, skip_bad_lines, show_progress=False):
     for line_no, line in iter_lines(path, "reviews", show_progress):
+        inter.lines_read += 1
         try:
-            yield line_no, parse_record(line, path, line_no)
+            yield line_no, line, parse_record(line, path, line_no)
         except RawInputError:
             if not skip_bad_lines:
                 raise
-            inter.bad_lines += 1
-            if inter.first_bad_line is None:
-                inter.first_bad_line = f"{path}:{line_no}"
+            inter.bad_line(path, line_no, line)
 
 
 def _number(value):
@@ -139,20 +171,55 @@ def _amazon_review_time(rec):
     return ts
 
 
-def _yelp_time(value):
-    if not isinstance(value, str):
+#: Epoch values at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+EPOCH_MS_FROM = 1e11
+
+
+def _epoch_seconds(value):
+    """Epoch seconds or milliseconds (a number or a numeric string) -> seconds, else None."""
+    ts = _number(value.strip() if isinstance(value, str) else value)
+    if ts is None:
         return None
+    return ts / 1000.0 if abs(ts) >= EPOCH_MS_FROM else ts
+
+
+def _yelp_time(value):
+    """Yelp ``date``: "YYYY-MM-DD HH:MM:SS" (the Open Dataset), "YYYY-MM-DD", an ISO 8601
+    date-time, or epoch seconds / milliseconds (int or numeric string; other exports); UTC
+    unless the value names its zone. Seconds since 1970, or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _epoch_seconds(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?", text):
+        return _epoch_seconds(text)
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
         try:
-            return float(dt.datetime.strptime(value.strip(), fmt).replace(tzinfo=dt.timezone.utc).timestamp())
+            return float(dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc).timestamp())
         except ValueError:
             continue
-    return None
+    try:
+        day = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    if day.tzinfo is None:
+        day = day.replace(tzinfo=dt.timezone.utc)
+    return float(day.timestamp())
+
+
+#: The timestamp field of each review format (for "no timestamp" / "unreadable timestamp").
+TIME_FIELDS = {
+    "amazon2014": ("unixReviewTime", "reviewTime"),
+    "amazon2018": ("unixReviewTime", "reviewTime"),
+    "amazon2023": ("timestamp",),
+    "yelp": ("date",),
+}
 
 
 def read_reviews(fmt, path, inter, skip_bad_lines=False, show_progress=False):
     """Add the interactions of a JSON-lines review file to ``inter``."""
-    for line_no, rec in _records(path, inter, skip_bad_lines, show_progress):
+    for line_no, line, rec in _records(path, inter, skip_bad_lines, show_progress):
         if fmt in ("amazon2014", "amazon2018"):
             user, item = rec.get("reviewerID"), rec.get("asin")
             rating, ts = _number(rec.get("overall")), _amazon_review_time(rec)
@@ -168,9 +235,10 @@ def read_reviews(fmt, path, inter, skip_bad_lines=False, show_progress=False):
         user = check_token(user, "user id", path, line_no)
         item = check_token(item, "item id", path, line_no)
         if user is None or item is None:
-            inter.skip("no user or item id", path, line_no)
+            inter.skip("no user or item id", path, line_no, line)
         elif ts is None:
-            inter.skip("no timestamp", path, line_no)
+            present = any(rec.get(f) not in (None, "") for f in TIME_FIELDS[fmt])
+            inter.skip("unreadable timestamp" if present else "no timestamp", path, line_no, line)
         else:
             inter.add(user, item, rating, ts)
 
@@ -195,6 +263,7 @@ def read_ratings_csv(fmt, path, inter, skip_bad_lines=False, show_progress=False
     columns = None
     scale = 1000.0 if fmt == "amazon2023" else 1.0
     for line_no, line in iter_lines(path, "ratings", show_progress):
+        inter.lines_read += 1
         try:
             row = next(csv.reader([line]))
         except csv.Error as err:
@@ -213,6 +282,7 @@ def read_ratings_csv(fmt, path, inter, skip_bad_lines=False, show_progress=False
                 missing = [k for k in ("user", "item", "timestamp") if k not in columns]
                 if missing:
                     raise RawInputError(f"{path}, line {line_no}: header has no {', '.join(missing)} column")
+                inter.lines_read -= 1  # the header is not a rating
                 continue
             if fmt not in CSV_COLUMNS:
                 raise RawInputError(
@@ -224,17 +294,17 @@ def read_ratings_csv(fmt, path, inter, skip_bad_lines=False, show_progress=False
             if not skip_bad_lines:
                 why = err_text if row is None else f"{len(row)} columns, expected {max(columns.values()) + 1}"
                 raise RawInputError(f"{path}, line {line_no}: not a ratings CSV row ({why}): {line[:80]!r}")
-            inter.bad_lines += 1
-            inter.first_bad_line = inter.first_bad_line or f"{path}:{line_no}"
+            inter.bad_line(path, line_no, line)
             continue
         user = check_token(row[columns["user"]], "user id", path, line_no)
         item = check_token(row[columns["item"]], "item id", path, line_no)
         rating = _number(row[columns["rating"]]) if "rating" in columns else None
         ts = _number(row[columns["timestamp"]])
         if user is None or item is None:
-            inter.skip("no user or item id", path, line_no)
+            inter.skip("no user or item id", path, line_no, line)
         elif ts is None:
-            inter.skip("no timestamp", path, line_no)
+            reason = "unreadable timestamp" if row[columns["timestamp"]].strip() else "no timestamp"
+            inter.skip(reason, path, line_no, line)
         else:
             inter.add(user, item, rating, ts / scale)
 
@@ -305,8 +375,35 @@ def write_inter(path, inter, rows):
 
 # ---- item metadata ----------------------------------------------------------------------
 
-_TAG = re.compile(r"<[^>]*>")
+# A complete tag or comment: "<" then a tag name (or "/", "!", "?"), never "< 5" or "a < b".
+_TAG = re.compile(r"<!--.*?-->|<[/!?]?[A-Za-z][^<>]*>", re.S)
+# Tags cut off by the scraper (real Amazon 2018 titles such as
+# '<span class="a-size-medium a-color-secondary"'): a tag with no ">" up to the end of the
+# text, recognised by an attribute ('name=') or, alone, by a known HTML tag name after a
+# space; and the tail of a tag at the start of the text ('class="x">Title').
+_HTML_NAMES = (
+    "a|abbr|b|big|blockquote|br|center|code|div|dl|dt|dd|em|font|h[1-6]|hr|i|img|input|label|"
+    "li|link|meta|noscript|ol|option|p|pre|script|select|small|span|strike|strong|style|sub|sup|"
+    "table|tbody|td|th|thead|tr|tt|u|ul"
+)
+_ATTR = r"""[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"<>]*"?|'[^'<>]*'?|[^\s"'<>=]*)"""
+_OPEN_TAG_AT_END = re.compile(
+    r"<\s*/?[A-Za-z][-\w:]*\s+(?:%s\s*)+/?\s*$"            # <span class="a-size-medium ...
+    r"|(?:(?<=\s)|^)<\s*/?(?:%s)\b[^<>]*$" % (_ATTR, _HTML_NAMES),  # "... <br" / "<span"
+    re.I,
+)
+_TAG_TAIL_AT_START = re.compile(  # 'span class="x">Title', 'id="y">Title' (name="value" only)
+    r"""^\s*(?:/?[A-Za-z][-\w:]*\s+)?(?:[A-Za-z_:][-\w:.]*=(?:"[^"<>]*"|'[^'<>]*')\s*)+/?>"""
+)
 _SPACE = re.compile(r"\s+")
+
+
+def strip_html(text):
+    """``text`` without HTML tags, also a tag cut off at either end; entities decoded."""
+    text = _TAG.sub(" ", text)
+    text = _OPEN_TAG_AT_END.sub(" ", text)
+    text = _TAG_TAIL_AT_START.sub(" ", text)
+    return html.unescape(text)
 _SIZE_SUFFIX = re.compile(r"\._[^/]*_(?=\.[A-Za-z]{3,4}$)")  # "._SS40_" in ".../41x._SS40_.jpg"
 
 
@@ -318,8 +415,7 @@ def clean_text(value):
         return " ".join(filter(None, (clean_text(v) for v in value)))
     if isinstance(value, dict):
         return ""
-    text = html.unescape(_TAG.sub(" ", str(value)))
-    return _SPACE.sub(" ", text).strip()
+    return _SPACE.sub(" ", strip_html(str(value))).strip()
 
 
 def _category_path(value):
@@ -460,6 +556,35 @@ def _parse_date(value, option):
     return day.timestamp()
 
 
+def _nothing_left_message(fmt, inter, stats, user_k, item_k):
+    """Why no interaction is left: the lines skipped (per reason, with the first of each),
+    what each filter dropped, and what to change."""
+    read = inter.lines_read
+    raw = stats.get("raw interactions", 0)
+    msg = [f"no interactions left after filtering: {read} review line(s) read, {raw} gave an interaction"]
+    skips = inter.skip_report()
+    if skips:
+        msg.append(f"; skipped lines: {skips}")
+    dropped = {k: v for k, v in stats.items() if k.startswith("dropped") and v}
+    if dropped:
+        msg.append("; then dropped: " + ", ".join(f"{k[len('dropped: '):]}: {v}" for k, v in dropped.items()))
+    hints = []
+    fields = " / ".join(TIME_FIELDS[fmt])
+    if inter.skipped.get("unreadable timestamp"):
+        accepted = {
+            "yelp": "'YYYY-MM-DD HH:MM:SS', 'YYYY-MM-DD', ISO 8601, epoch seconds or milliseconds",
+            "amazon2023": "epoch milliseconds",
+        }.get(fmt, "unixReviewTime in epoch seconds, reviewTime as 'MM DD, YYYY'")
+        hints.append(f"the {fields} values are in a format this reader does not know (accepted: {accepted})")
+    if inter.skipped.get("no timestamp"):
+        hints.append(f"reviews without {fields} are skipped: is --reviews the {fmt} review file?")
+    if inter.skipped.get("no user or item id"):
+        hints.append(f"check that --reviews is a {fmt} file (format given: {fmt})")
+    if raw:
+        hints.append(f"lower --k (now user {user_k}, item {item_k}) or check --since/--until/--min-rating")
+    return "".join(msg) + ("; " + "; ".join(hints) if hints else "")
+
+
 def convert(fmt, name, out=DEFAULT_OUT, reviews=None, ratings=None, meta=None, photos=None,
             k=5, user_k=None, item_k=None, text_order="default", keep_duplicates=False,
             min_rating=None, since=None, until=None, skip_bad_lines=False,
@@ -489,10 +614,7 @@ def convert(fmt, name, out=DEFAULT_OUT, reviews=None, ratings=None, meta=None, p
         user_k, item_k,
     )
     if not len(rows):
-        raise ValueError(
-            f"no interactions left after filtering ({stats}); lower --k (now user {user_k}, "
-            f"item {item_k}) or check --since/--until/--min-rating"
-        )
+        raise ValueError(_nothing_left_message(fmt, inter, stats, user_k, item_k))
     u, i, _, ts = inter.arrays()
     kept_items = sorted({inter.items[x] for x in np.unique(i[rows])})
     needed = set(kept_items)

@@ -20,7 +20,6 @@ for Yelp photos) becomes ``<out>/<name>/images/<item_id>.<ext>``:
   and recorded as a failure (``--allow-host`` adds hosts), and environment proxy settings are
   ignored (``--proxy`` sets one).
 """
-import contextlib
 import http.client
 import io
 import os
@@ -326,10 +325,14 @@ def run_from_args(args, quiet=False):
 
 
 def main(argv=None):
-    return step_main("python -m atomic_data.download_images", __doc__, add_arguments, run_from_args, argv)
+    """The command line (``python -m atomic_data.download_images`` / ``prism-data-download-images``);
+    Ctrl-C ends it with status 130, no traceback (a rerun resumes)."""
+    try:
+        return step_main("python -m atomic_data.download_images", __doc__, add_arguments, run_from_args, argv)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
-    sys.exit(130)
+    sys.exit(main())

@@ -285,3 +285,106 @@ def test_nothing_left_after_kcore_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no interactions left after filtering"):
         conv.convert("amazon2014", "empty", out=str(tmp_path / "out"), reviews=reviews, meta=meta, quiet=True)
     assert not os.path.exists(tmp_path / "out" / "empty" / "empty.inter")
+
+
+# ---- HTML left in real metadata, timestamps of other exports, why nothing is left -------
+
+@pytest.mark.parametrize("raw, cleaned", [
+    # real Amazon 2018 titles: a tag cut off before its ">"
+    ('<span class="a-size-medium a-color-secondary"', ""),
+    ('Rose Cream <span class="a-size-medium a-color-secondary"', "Rose Cream"),
+    ('Rose Cream <span class="a-size-med', "Rose Cream"),
+    ("Rose Cream <br", "Rose Cream"),
+    ('class="a-size-medium">Rose Cream', "Rose Cream"),
+    ('span class="a" id=\'b\'>Rose Cream', "Rose Cream"),
+    # legitimate "<" and ">" are text
+    ("size < 5 cm", "size < 5 cm"),
+    ("size < 5 cm and <b>bold</b> > 3", "size < 5 cm and bold > 3"),
+    ("a<b", "a<b"),
+    ("I <3 it", "I <3 it"),
+    ("AC <-> DC", "AC <-> DC"),
+    ('12" > 10" screen', '12" > 10" screen'),
+    ("Soft &amp; <b>gentle</b>.", "Soft & gentle ."),
+    ("<!-- a > b -->Text", "Text"),
+])
+def test_clean_text_strips_cut_off_tags_but_not_comparisons(raw, cleaned):
+    assert conv.clean_text(raw) == cleaned
+
+
+def test_amazon2018_title_that_is_a_cut_off_tag(tmp_path):
+    out = str(tmp_path / "out")
+    reviews = write_lines(tmp_path / "r.json", [
+        json.dumps({"reviewerID": u, "asin": i, "overall": 5, "unixReviewTime": t})
+        for u, i, t in [("A", "x", 1), ("A", "y", 2), ("B", "x", 3), ("B", "y", 4)]])
+    meta = write_lines(tmp_path / "m.json", [
+        json.dumps({"asin": "x", "title": '<span class="a-size-medium a-color-secondary"', "brand": "Acme"}),
+        json.dumps({"asin": "y", "title": "Cream <span class=\"a-color-secondary\"", "description": ["size < 5 cm"]}),
+    ])
+    conv.convert("amazon2018", "lux", out=out, reviews=reviews, meta=meta, k=2, quiet=True)
+    items = read_meta_lines(out, "lux")
+    assert items["x"]["text"] == "Acme"
+    assert items["y"]["text"] == "Cream size < 5 cm"
+
+
+def test_yelp_dates_as_epoch_seconds_or_milliseconds(tmp_path):
+    out = str(tmp_path / "out")
+    dates = [1551434400, "1551519000", 1554120000000, "1556668800000", 1551434400.5, "2019-03-01T10:00:00Z"]
+    pairs = [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "a"), ("u3", "a"), ("u3", "b")]
+    reviews = write_lines(tmp_path / "reviews.json", [
+        json.dumps({"user_id": u, "business_id": b, "stars": 5, "date": d}) for (u, b), d in zip(pairs, dates)])
+    business = write_lines(tmp_path / "business.json", [json.dumps({"business_id": b, "name": b}) for b in "ab"])
+    summary = conv.convert("yelp", "y", out=out, reviews=reviews, meta=business, k=2, quiet=True)
+    assert summary["interactions"] == 6
+    assert not any(k.startswith("skipped reviews") for k in summary)
+    assert read_inter(out, "y")[1] == [
+        ["u1", "a", "5", "1551434400"], ["u1", "b", "5", "1551519000"],
+        ["u2", "b", "5", "1554120000"], ["u2", "a", "5", "1556668800"],
+        ["u3", "b", "5", "1551434400"], ["u3", "a", "5", "1551434400.5"],
+    ]
+
+
+def test_nothing_left_error_counts_skipped_lines_per_reason(tmp_path, capsys):
+    """Yelp: every date unreadable (or missing): the error counts them and shows the first line."""
+    out = str(tmp_path / "out")
+    lines = [json.dumps({"user_id": f"u{n}", "business_id": "b", "stars": 4, "date": "03/01/2019"})
+             for n in range(1200)]
+    lines.insert(5, json.dumps({"user_id": "u", "business_id": "b", "stars": 4}))
+    lines.append(json.dumps({"business_id": "b", "date": "2019-01-01"}))
+    reviews = write_lines(tmp_path / "yelp_review.json", lines)
+    business = write_lines(tmp_path / "business.json", [json.dumps({"business_id": "b"})])
+    with pytest.raises(ValueError) as info:
+        conv.convert("yelp", "y", out=out, reviews=reviews, meta=business, quiet=True)
+    msg = str(info.value)
+    assert "no interactions left after filtering: 1202 review line(s) read, 0 gave an interaction" in msg
+    assert "unreadable timestamp: 1200 (first at " in msg and "yelp_review.json:1: " in msg
+    assert "03/01/2019" in msg  # the excerpt of the first such line
+    assert "no timestamp: 1 (first at " in msg and "yelp_review.json:6: " in msg
+    assert "no user or item id: 1 (first at " in msg and "yelp_review.json:1202: " in msg
+    assert "epoch seconds or milliseconds" in msg
+    assert "lower --k" not in msg  # k-core is not the cause
+    # the excerpt is truncated
+    long_line = json.dumps({"user_id": "u", "business_id": "b", "date": "bad", "text": "x" * 500})
+    reviews = write_lines(tmp_path / "long.json", [long_line])
+    assert conv.main(["yelp", "--reviews", reviews, "--meta", business, "--name", "y", "--out", out,
+                      "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable timestamp: 1 (first at " in err and "x" * 200 not in err and "..." in err
+
+
+def test_nothing_left_error_amazon_skips_and_kcore(tmp_path):
+    out = str(tmp_path / "out")
+    meta = write_lines(tmp_path / "m.json", [repr({"asin": "x"})])
+    reviews = write_lines(tmp_path / "r.json", [
+        json.dumps({"reviewerID": "A", "asin": "x", "overall": 5}),  # no time at all
+        json.dumps({"reviewerID": "A", "asin": "y", "reviewTime": "yesterday"}),
+        json.dumps({"reviewerID": "B", "asin": "x", "unixReviewTime": 5}),
+        "{'broken",
+    ])
+    with pytest.raises(ValueError) as info:
+        conv.convert("amazon2014", "a", out=out, reviews=reviews, meta=meta, skip_bad_lines=True, quiet=True)
+    msg = str(info.value)
+    assert "4 review line(s) read, 1 gave an interaction" in msg
+    assert "no timestamp: 1 (first at " in msg and "r.json:1: " in msg
+    assert "unreadable timestamp: 1 (first at " in msg and "r.json:2: " in msg
+    assert "malformed lines (--skip-bad-lines): 1 (first at " in msg and "r.json:4: " in msg
+    assert "then dropped: k-core: 1" in msg and "lower --k (now user 5, item 5)" in msg

@@ -28,13 +28,29 @@ NO_IMAGE = {"B0008": "404 at download", "B0009": "no metadata row"}
 
 @pytest.fixture
 def image_server():
+    yield from _serve_images(set(ITEMS) - set(NO_IMAGE))
+
+
+@pytest.fixture
+def dead_image_server():
+    """Every image URL answers 404."""
+    yield from _serve_images(set())
+
+
+@pytest.fixture
+def sparse_image_server():
+    """Only 3 of the 10 items have an image."""
+    yield from _serve_images(set(ITEMS[:3]))
+
+
+def _serve_images(served):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
             stem = os.path.basename(self.path).split(".")[0]
-            if stem not in ITEMS or stem in NO_IMAGE:
+            if stem not in served:
                 self.send_response(404)
                 self.end_headers()
                 return
@@ -121,3 +137,64 @@ def test_pipeline_help_lists_every_step():
     for option in ("--reviews", "--text-order", "--workers", "--skip-failed", "--model", "--no-normalize",
                    "--skip-download"):
         assert option in text
+
+
+# ---- the pipeline refuses a modality that came out empty ---------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    return build_tiny_clip(str(tmp_path_factory.mktemp("tiny-clip")), projection_dim=16)
+
+
+def _pipeline_argv(reviews, meta, out, clip_dir, *extra):
+    return ["amazon2014", "--reviews", reviews, "--meta", meta, "--name", "amazon-beauty", "--out", out,
+            "--model", clip_dir, "--local-files-only", "--no-progress", "--workers", "2",
+            "--timeout", "5", "--retries", "0", "--batch-size", "4", *extra]
+
+
+def test_every_image_download_failed_is_an_error(tmp_path, dead_image_server, tiny_clip_dir, capsys):
+    reviews, meta = write_raw_amazon2014(str(tmp_path), dead_image_server)
+    out = str(tmp_path / "data")
+    code = pipeline.main(_pipeline_argv(reviews, meta, out, tiny_clip_dir))
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Done" not in captured.out and "run_recbole.py" not in captured.out
+    err = captured.err[captured.err.index("error: "):]
+    item_file = os.path.join(out, "amazon-beauty", "amazon-beauty.item")
+    failures = os.path.join(out, "amazon-beauty", "amazon-beauty.image_failures.tsv")
+    assert err.startswith("error: img_emb (image vectors) is empty for every one of the 10 items")
+    assert item_file in err and failures in err
+    assert "all 9 image downloads failed (HTTP 404" in err
+    assert "--modalities text" in err and "modalities: [txt_emb]" in err
+    # a rerun that does not retry the failures says the same
+    with pytest.raises(pipeline.EmptyModalityError, match=r"all 9 image downloads failed \(9 not retried"):
+        pipeline.run(_pipeline_argv(reviews, meta, out, tiny_clip_dir, "--skip-failed"))
+
+
+def test_skip_download_without_images_is_an_error(tmp_path, dead_image_server, tiny_clip_dir):
+    reviews, meta = write_raw_amazon2014(str(tmp_path), dead_image_server)
+    with pytest.raises(pipeline.EmptyModalityError, match=r"--skip-download was given and .*images holds no"):
+        pipeline.run(_pipeline_argv(reviews, meta, str(tmp_path / "data"), tiny_clip_dir, "--skip-download"))
+
+
+def test_no_text_for_any_item_is_an_error(tmp_path, dead_image_server, tiny_clip_dir):
+    reviews, _ = write_raw_amazon2014(str(tmp_path), dead_image_server)
+    meta = str(tmp_path / "other_meta.json")
+    with open(meta, "w") as f:
+        f.write(repr({"asin": "ZZZ", "title": "another category"}) + "\n")
+    with pytest.raises(pipeline.EmptyModalityError,
+                       match=r"txt_emb \(text vectors\) is empty .*no kept item has a row in the metadata file"):
+        pipeline.run(_pipeline_argv(reviews, meta, str(tmp_path / "data"), tiny_clip_dir,
+                                    "--skip-download", "--modalities", "text"))
+
+
+def test_most_images_missing_is_a_warning(tmp_path, sparse_image_server, tiny_clip_dir, capsys):
+    reviews, meta = write_raw_amazon2014(str(tmp_path), sparse_image_server)
+    out = str(tmp_path / "data")
+    summaries = pipeline.run(_pipeline_argv(reviews, meta, out, tiny_clip_dir))
+    captured = capsys.readouterr()
+    assert summaries["extract_clip"]["img_emb: items with a vector"] == 3
+    assert "warning: img_emb (image vectors) is missing for 7 of 10 items (70%)" in captured.err
+    assert "amazon-beauty.image_failures.tsv" in captured.err
+    assert "txt_emb" not in captured.err  # 9 of 10 items have text
+    assert "Done" in captured.out
