@@ -157,6 +157,14 @@ SELF, OUT, IN, BOTH = 1, 2, 3, 4
 FIRST_HETERO = 5
 
 
+def no_edge_score(dtype):
+    """The score of a non-edge in a tensor of ``dtype``: the authors' -9e15 where it fits
+    (float32/64, bfloat16: unchanged results), else the dtype's lowest finite value (float16
+    under autocast, where -9e15 overflows).  Either way ``exp`` of it relative to any real
+    score is 0, and a softmax over a row of non-edges only is uniform, as before."""
+    return max(NO_EDGE_SCORE, torch.finfo(dtype).min)
+
+
 # --------------------------------------------------------------------------- modality codes
 
 
@@ -568,7 +576,8 @@ class MMSRLayer(nn.Module):
         e = pair.gather(2, (rel - OUT).clamp(0, 2).unsqueeze(2)).squeeze(2)
         # self-loop (only at the row's own node): a_1^T (x_v ⊙ x_v)
         e = torch.where(rel == SELF, ((x_rows * x_rows) @ a[0]).unsqueeze(-1), e)
-        e = F.leaky_relu(e, self.leaky_alpha).masked_fill(rel == 0, NO_EDGE_SCORE)
+        e = F.leaky_relu(e, self.leaky_alpha)
+        e = e.masked_fill(rel == 0, no_edge_score(e.dtype))
         return self.attn_dropout(torch.softmax(e, dim=-1))
 
     def homo_attention(self, x, values, masks):
@@ -580,7 +589,7 @@ class MMSRLayer(nn.Module):
     def hetero_probs(self, q, k, neighbour):
         """``softmax_u LeakyReLU(q_v . k_u)`` over the heterogeneous neighbours ``u``."""
         scores = F.leaky_relu(q @ k.transpose(-1, -2), self.leaky_alpha)
-        return torch.softmax(scores.masked_fill(~neighbour, NO_EDGE_SCORE), dim=-1)
+        return torch.softmax(scores.masked_fill(~neighbour, no_edge_score(scores.dtype)), dim=-1)
 
     def update_gate(self, out_ab, out_ba):
         """``g = softmax(f(o_AB), f(o_BA))`` per node (sums to 1) and the mixed state."""
