@@ -98,7 +98,9 @@ class Config(RecBoleConfig):
 
         if "train_neg_sample_args" not in external and final.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
             loss_type = final.get("loss_type")
-            if loss_type == "CE":
+            if str(final.get("train_positions") or "last").lower() == "all":
+                final["train_neg_sample_args"] = None  # negatives are drawn in the model
+            elif loss_type == "CE":
                 final["train_neg_sample_args"] = None
             elif loss_type == "BPR" and final.get("train_neg_sample_args") is None:
                 final["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
@@ -118,6 +120,12 @@ class Config(RecBoleConfig):
 
         if final.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
             self._load_time_field(final)
+        if str(final.get("train_positions") or "last").strip().lower() != "last":
+            from prism_recbole.data.positions import train_positions_option
+            from prism_recbole.model.positions import with_all_positions
+
+            train_positions_option(final)  # a bad value names the option
+            with_all_positions(self.model_class)  # a model that cannot: say so before loading
 
         if getattr(self.model_class, "backbone_name", None):
             known = {k for k in self._own_model_options if k.startswith("prism_")}

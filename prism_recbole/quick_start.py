@@ -21,6 +21,7 @@ from recbole.utils import init_seed, set_color
 from prism_recbole.config import Config
 from prism_recbole.data import create_dataset
 from prism_recbole.logger import init_logger
+from prism_recbole.model.positions import model_class_for
 from prism_recbole.utils import get_model, get_trainer
 
 
@@ -44,7 +45,8 @@ def set_reproducibility_flags(config):
 
 def build_model(config, train_data):
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    return get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model_class = model_class_for(config, get_model(config["model"]))
+    return model_class(config, train_data._dataset).to(config["device"])
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, *,
@@ -326,7 +328,7 @@ def load_model(checkpoint, config_dict=None):
     state = load_checkpoint(checkpoint)
     config = config_from_checkpoint(state["config"], config_dict)
     dataset, train_data, valid_data, test_data = load_data(config)
-    model = get_model(config["model"])(config, train_data._dataset)
+    model = model_class_for(config, get_model(config["model"]))(config, train_data._dataset)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:

@@ -21,6 +21,7 @@ def create_dataset(config):
     files are parsed every time.
     """
     from prism_recbole.data.dataset import PrismDataset, PrismSequentialDataset
+    from prism_recbole.data.positions import train_positions_option, with_all_positions
 
     module = importlib.import_module("recbole.data.dataset")
     name = config["model"] + "Dataset"
@@ -39,4 +40,6 @@ def create_dataset(config):
                 f"(model {config['model']}); remove it for this model"
             )
         dataset_class = upgrades[dataset_class]
+    if train_positions_option(config) == "all":
+        dataset_class = with_all_positions(dataset_class)
     return dataset_class(config)

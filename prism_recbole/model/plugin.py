@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prism_recbole.config import parse_list_option
+from prism_recbole.data.positions import train_positions_option
 from prism_recbole.model.prism_layer import EXPERT_KINDS, FUSION_MODES, PRISMLayer
 
 ITEM_SIDES = ("id", "id+modal")
@@ -186,6 +187,8 @@ class PRISMPlugin:
             fusion=fusion,
             experts=parse_list_option(config["prism_experts"]) or list(EXPERT_KINDS),
             aux_loss=_bool_option(config, "prism_aux_loss", True),
+            # train_positions: all trains every position: z_t may use items up to t only
+            causal=train_positions_option(config) == "all",
         )
         if self.prism_item_side == "id+modal":
             self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)

@@ -52,6 +52,14 @@ missing a modality contributes the bias alone (theirs has no missing items); Rec
 right, theirs on the left (the mean does not depend on where); and their feature tables'
 mask row N+1 does not exist here.
 
+Causal PRISM (``train_positions: all``, the model scores every position).  Position t may use
+items up to t only, so x̄^m and ē become prefix means x̄^m_t, ē_t (cumulative sums over the
+positions: ``pool_prefix``), the experts and the gate run per position on [B, L, ...] (the same
+code as for [B, ...]), position t receives Σ_m x^m_t + z_t, and the auxiliary losses average
+over the real positions.  At the last real position z_t is what the sequence-level (``last``)
+computation gives for the same prefix; evaluation uses the causal computation too, so a model
+is evaluated as it was trained.
+
 Cost.  The pooling is a weighted ``embedding_bag`` over the projected vectors of the batch's
 distinct items (training) or of the whole catalogue, projected once per evaluation (no
 gradients, parameters unchanged): memory O(B·L + U·M·D), never ``[B, U]`` or ``[B, L, M, D]``.
@@ -114,8 +122,10 @@ class ModalityFeatures(nn.Module):
         return self.tables[m].weight if self.trainable else getattr(self, f"table_{m}")
 
     def buffer_names(self):
-        """Names of large buffers that DistributedDataParallel must not broadcast."""
-        return [] if self.trainable else [f"table_{m}" for m in range(self.n_modalities)]
+        """Buffers that DistributedDataParallel must not broadcast: identical on every rank
+        (frozen tables, the fixed padding vectors drawn from their own seeded generator)."""
+        pads = [f"pad_{m}" for m in range(self.n_modalities)]
+        return pads + ([] if self.trainable else [f"table_{m}" for m in range(self.n_modalities)])
 
     def forward(self, item_ids: torch.Tensor):
         """item_ids [U] -> (projected [U, M, D] with missing and padding rows zeroed,
@@ -161,8 +171,8 @@ def pool_mean(table, index, weights):
     ``table`` [U, C], ``index`` [B, L] into its rows, ``weights`` [B, L] >= 0.  A weighted
     ``embedding_bag``: O(B·L) work and memory plus the [B, C] result; nothing of size
     [B, L, C] or [B, U] is built."""
-    weights = weights.to(table.dtype)
-    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    weights = weights.float()  # normalised in fp32: 1e-12 is 0 in half precision
+    weights = (weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)).to(table.dtype)
     return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
 
 
@@ -190,6 +200,7 @@ def masked_mean(values, mask=None):
 
 def _triplet(anchor, positive, negative, margin, eps=1e-7):
     """max(d(a, p) - d(a, n) + margin, 0) per row, d = ||a - b + eps||₂ (torch's triplet loss)."""
+    anchor, positive, negative = anchor.float(), positive.float(), negative.float()  # eps is 0 in half
     d_ap = (anchor - positive + eps).norm(dim=-1)
     d_an = (anchor - negative + eps).norm(dim=-1)
     return (d_ap - d_an + margin).clamp(min=0.0)
@@ -204,17 +215,22 @@ def uniqueness_loss(clean, replaced, m, margin, mask=None):
     return torch.stack(losses).mean()
 
 
+def _cosine(a, b):
+    """cos(a, b) over the last dimension, in fp32 (it underflows in half precision)."""
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
 def synergy_loss(clean, replaced, mask=None):
     """L_syn = mean_m mean_b cos(h, h^{¬m}); minimising it pushes h away from every h^{¬m}."""
     return torch.stack(
-        [masked_mean(F.cosine_similarity(clean, r, dim=-1), mask) for r in replaced]
+        [masked_mean(_cosine(clean, r), mask) for r in replaced]
     ).mean()
 
 
 def redundancy_loss(clean, replaced, mask=None):
     """L_red = mean_m mean_b (1 - cos(h, h^{¬m})); minimising it pulls h^{¬m} towards h."""
     return torch.stack(
-        [masked_mean(1.0 - F.cosine_similarity(clean, r, dim=-1), mask) for r in replaced]
+        [masked_mean(1.0 - _cosine(clean, r), mask) for r in replaced]
     ).mean()
 
 
@@ -358,8 +374,15 @@ class PRISMLayer(nn.Module):
                  temperature=0.7, noise_std=1.0, margin=1.0, lambda_uni=0.1, lambda_syn=0.1,
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
                  fusion_level="sequence", item_features=True, fusion="adaptive",
-                 experts=EXPERT_KINDS, aux_loss=True):
+                 experts=EXPERT_KINDS, aux_loss=True, causal=False):
         super().__init__()
+        if causal and fusion != "none" and (pooling != "masked_mean" or fusion_level != "sequence"):
+            raise ValueError(
+                "train_positions: all runs PRISM causally (prefix means), which needs "
+                "prism_pooling: masked_mean and prism_fusion_level: sequence; got "
+                f"prism_pooling: {pooling}, prism_fusion_level: {fusion_level}"
+            )
+        self.causal = causal
         if fusion not in FUSION_MODES:
             raise ValueError(
                 f"option prism_fusion must be one of {', '.join(FUSION_MODES)}, got {fusion!r}"
@@ -444,6 +467,18 @@ class PRISMLayer(nn.Module):
         user_summary = torch.bmm(real.to(id_emb.dtype), id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)
         return torch.stack(pooled, dim=1), user_summary
 
+    def pool_prefix(self, rows, present, index, id_emb, pool_mask):
+        """Causal pooling: x̄^m_t and ē_t over the real items at positions <= t, for every t:
+        [B, L, M, D] and [B, L, D], by cumulative sums (O(B·L·M·D), no [B, L, L, D]).  At the
+        last real position they equal :meth:`pool` of the same prefix."""
+        real = pool_mask.to(rows.dtype)  # [B, L]
+        weights = real.unsqueeze(-1) * present[index].to(rows.dtype)  # [B, L, M]
+        sums = torch.cumsum(rows[index] * weights.unsqueeze(-1), dim=1)  # [B, L, M, D]
+        pooled = sums / torch.cumsum(weights.float(), dim=1).clamp(min=1e-12).unsqueeze(-1).to(sums.dtype)
+        summary = torch.cumsum(id_emb * real.unsqueeze(-1), dim=1)
+        summary = summary / torch.cumsum(real, dim=1).clamp(min=1.0).unsqueeze(-1)
+        return pooled, summary
+
     def forward(self, item_seq, id_emb, pool_mask, add_mask=None, with_aux=None) -> PRISMOutput:
         """item_seq [B, L] ids; id_emb [B, L, D] = E[item_seq]; pool_mask [B, L] bool: the
         positions whose items are pooled (real items); add_mask [B, L] bool: the positions that
@@ -460,10 +495,25 @@ class PRISMLayer(nn.Module):
         expert_outputs = id_emb.new_zeros(B, len(self.expert_names), D)
         aux_loss, terms, per_position = id_emb.new_zeros(()), None, None
 
-        if self.fusion != "none" and self.fusion_level == "sequence":
+        if self.fusion != "none" and self.causal:
+            # per position t: x̄_t, ē_t over the prefix, experts and gate on [B, L, ...], the
+            # auxiliary losses averaged over the real positions; z_t is added at position t
+            pooled, user_summary = self.pool_prefix(rows, present, index, id_emb, pool_mask)
+            outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux, pool_mask)
+            per_position, weights = self.adaptive_fusion(outputs, user_summary)
+            # what a last-position call reports: the values at the last real position
+            last = (pool_mask.long().cumsum(1).argmax(1)).view(B, 1)
+            fused = per_position.gather(1, last.unsqueeze(-1).expand(B, 1, D)).squeeze(1)
+            gate_weights = weights.gather(1, last.unsqueeze(-1).expand(B, 1, weights.shape[-1])).squeeze(1)
+            expert_outputs = outputs.gather(
+                1, last.view(B, 1, 1, 1).expand(B, 1, *outputs.shape[2:])).squeeze(1)
+        elif self.fusion != "none" and self.fusion_level == "sequence":
             pooled, user_summary = self.pool(raw if raw is not None else rows, present, index,
                                              id_emb, pool_mask)
-            expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux)
+            # a sequence with nothing to pool (e.g. BERT4Rec's all-masked input) has zero
+            # experts' input: it stays out of the cosine losses (their gradient at 0 is ~1/eps)
+            has_items = pool_mask.any(dim=1) if self.pooling == "masked_mean" else None
+            expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux, has_items)
             fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
             per_position = fused.unsqueeze(1)  # z, broadcast over the positions
         elif self.fusion != "none":  # item level: experts on each distinct real item

@@ -1,0 +1,82 @@
+"""``train_positions: all``: each user's training history once, in windows, every target once.
+
+RecBole's sequential datasets turn a user's history s_1 .. s_n into one row per prefix
+(``item_id_list`` = the up to ``MAX_ITEM_LIST_LENGTH`` (M) items before the target, right-padded,
+``item_id`` = the target) and then split leave-one-out: the last row is the test row, the one
+before it the validation row, the K = n - 3 rows before those are the training rows (targets
+s_2 .. s_{n-2}).  A model that scores every position of its input learns from a row all the
+targets the row's list holds, so training on every prefix row would count early targets again
+and again.
+
+With ``train_positions: all`` the training split keeps, per user, the rows k (0 .. K-1, in time
+order) with ``(K - 1 - k) % M == 0``: the last training row and every M-th row before it.  The
+row ending at target t has the M items before t in its list, so it covers the targets
+(t - M, t]; the kept rows cover every training target exactly once (a user with K <= M keeps
+one row).  The targets at the positions of a kept row are the next items
+(``item_id_list[j + 1]`` for position j, ``item_id`` for the last real position).  Validation
+and test rows are untouched, so evaluation is RecBole's leave-one-out full ranking as before,
+and no validation or test target is ever a training target (they come after every training
+row).  What differs from the prefix rows: a position j of a long user's window sees j + 1 items
+of context, not up to M (as in the original SASRec's and the PRISM authors' training).
+"""
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+
+TRAIN_POSITIONS = ("last", "all")
+
+
+def train_positions_option(config):
+    value = config["train_positions"] if "train_positions" in config else None
+    value = "last" if value is None else str(value).strip().lower()
+    if value not in TRAIN_POSITIONS:
+        raise ValueError(
+            f"option train_positions must be one of {', '.join(TRAIN_POSITIONS)}, "
+            f"got {config['train_positions']!r}"
+        )
+    return value
+
+
+def window_rows(user_ids, max_len):
+    """Indices of the rows to keep: per user (rows in time order), the last row and every
+    ``max_len``-th row before it."""
+    user_ids = np.asarray(user_ids)
+    order = np.argsort(user_ids, kind="stable")  # users grouped, time order kept inside
+    sorted_users = user_ids[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
+    counts = np.diff(np.r_[starts, len(sorted_users)])
+    rank = np.arange(len(sorted_users)) - np.repeat(starts, counts)  # k within the user
+    from_end = np.repeat(counts, counts) - 1 - rank  # K - 1 - k
+    return np.sort(order[from_end % max_len == 0])
+
+
+class AllPositionsDatasetMixin:
+    """Placed before a RecBole ``SequentialDataset``: windows in the training split (above)."""
+
+    def build(self):
+        datasets = super().build()
+        if train_positions_option(self.config) != "all":
+            return datasets
+        train = datasets[0]
+        keep = window_rows(train.inter_feat[self.uid_field].numpy(), self.max_item_list_len)
+        datasets[0] = train.copy(train.inter_feat[torch.as_tensor(keep)])
+        self.logger.info(
+            f"train_positions: all: {len(keep)} training windows of up to "
+            f"{self.max_item_list_len} positions (from {len(train.inter_feat)} prefix rows)"
+        )
+        return datasets
+
+
+def with_all_positions(dataset_class):
+    """``dataset_class`` with windowed training rows; an error for non-sequential datasets."""
+    if not issubclass(dataset_class, SequentialDataset):
+        raise ValueError(
+            f"train_positions: all needs a sequential dataset; {dataset_class.__name__} is not"
+        )
+    if issubclass(dataset_class, AllPositionsDatasetMixin):
+        return dataset_class
+    name = "AllPositions" + dataset_class.__name__
+    if name not in globals():  # module-level, so that the class pickles by name
+        globals()[name] = type(name, (AllPositionsDatasetMixin, dataset_class),
+                               {"__module__": __name__, "__qualname__": name})
+    return globals()[name]

@@ -1,0 +1,254 @@
+r"""``train_positions: all``: a causal sequential model scores every position of its input.
+
+One mixin for every model that can (RecBole's SASRec, GRU4Rec, SASRecF, FDSA, and the models
+of this package built on them); :func:`with_all_positions` places it just before the RecBole
+backbone in the class's MRO, so that a plug-in such as PRISM still wraps the whole call::
+
+    PRISM_SASRec  ->  PRISM_SASRec(all) = [PRISMPlugin, AllPositionsMixin, SASRec, ...]
+    SASRec        ->  SASRec(all)       = [AllPositionsMixin, SASRec, ...]
+
+These backbones end their ``forward`` with ``self.gather_indexes(output, item_seq_len - 1)``.
+In training the mixin makes ``gather_indexes`` return the whole output ``h`` [B, L, D]: position
+t of a causal model has seen items 1..t only, and is trained to predict the item at t + 1
+(``item_id_list[t + 1]``, and the row's ``item_id`` after the last real item; the dataset keeps
+one window per M targets, see :mod:`prism_recbole.data.positions`).  Evaluation is unchanged
+(the last position, full ranking).  Losses over the T real positions of the batch, each a mean
+over those positions (s_t = h_t·v_y, v = the item table the backbone scores with):
+
+* ``ce``: full softmax over the catalogue (the padding item excluded), computed in chunks of
+  ``position_chunk_size`` positions with checkpointing, so that no ``[T, n_items]`` tensor is
+  held at once;
+* ``sampled_softmax``: softmax over the positive and ``position_negatives`` (N) negatives,
+  drawn uniformly on the device, one set shared by the batch's positions ([T, N] logits);
+  a negative equal to the position's target is masked out.  ``position_sampler: in_batch``
+  uses the batch's distinct targets as the candidates instead, with the log-q correction
+  ``s - log q(i)`` (q = the item's share of the training targets);
+* ``bce``: -log σ(s⁺) - log(1 - σ(s⁻)) with one uniform negative per position (the original
+  SASRec's and the PRISM authors' loss; a negative equal to the target is dropped);
+* ``gbce``: gSASRec's generalised BCE with N shared negatives,
+  -(β log σ(s⁺) + Σ log(1 - σ(s⁻))) / (N + 1), β = α(t(1 - 1/α) + 1/α), α = N / (|I| - 1),
+  t = ``gbce_t`` (t = 0: BCE; t = 1: fully calibrated).
+
+``position_loss: ~`` follows RecBole's ``loss_type``: CE -> ``ce``, BPR -> ``bce``.
+"""
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from prism_recbole.data.positions import train_positions_option
+
+# RecBole backbones whose forward is causal and ends with gather_indexes(output, len - 1)
+ALL_POSITIONS_BACKBONES = ("SASRec", "GRU4Rec", "SASRecF", "FDSA")
+POSITION_LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
+POSITION_SAMPLERS = ("uniform", "in_batch")
+
+
+def _ce_chunk(h, weight, y):
+    return F.cross_entropy(h @ weight.t(), y, reduction="sum")
+
+
+def chunked_cross_entropy(h, weight, y, chunk_size):
+    """Σ_t CE(h_t W^T, y_t) / T, ``chunk_size`` rows at a time; with gradients each chunk is
+    recomputed in the backward pass (checkpointing), so at most one chunk's logits
+    [chunk, n] are alive at any time."""
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_size):
+        hc, yc = h[start:start + chunk_size], y[start:start + chunk_size]
+        if torch.is_grad_enabled() and (hc.requires_grad or weight.requires_grad):
+            total = total + checkpoint(_ce_chunk, hc, weight, yc, use_reentrant=False)
+        else:
+            total = total + _ce_chunk(hc, weight, yc)
+    return total / max(h.shape[0], 1)
+
+
+def sampled_softmax_loss(h, pos_emb, neg_emb, hit, log_q_pos=None, log_q_neg=None):
+    """Softmax over [positive, negatives]: h [T, D], pos_emb [T, D], neg_emb [N, D] shared,
+    hit [T, N] bool (a negative that is the target, masked out); optional log-q corrections."""
+    pos = (h * pos_emb).sum(-1, keepdim=True)  # [T, 1]
+    neg = h @ neg_emb.t()  # [T, N]
+    if log_q_pos is not None:
+        pos, neg = pos - log_q_pos.unsqueeze(-1), neg - log_q_neg.unsqueeze(0)
+    neg = neg.masked_fill(hit, torch.finfo(neg.dtype).min)
+    logits = torch.cat([pos, neg], dim=-1).float()
+    return (torch.logsumexp(logits, dim=-1) - logits[:, 0]).mean()
+
+
+def bce_loss(pos_logits, neg_logits, keep):
+    """Mean over positions of -log σ(s⁺) - log(1 - σ(s⁻)); ``keep`` [T] drops a negative
+    that is the target."""
+    pos_logits, neg_logits = pos_logits.float(), neg_logits.float()
+    return (-F.logsigmoid(pos_logits) - F.logsigmoid(-neg_logits) * keep.float()).mean()
+
+
+def gbce_beta(n_negatives, n_real_items, t):
+    """gSASRec's β = α(t(1 - 1/α) + 1/α), α = N / (|I| - 1)."""
+    alpha = n_negatives / (n_real_items - 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_loss(pos_logits, neg_logits, hit, beta):
+    """-(β log σ(s⁺) + Σ_i log(1 - σ(s_i))) / (N + 1), mean over positions; pos [T], neg
+    [T, N], hit [T, N] (a negative that is the target contributes nothing)."""
+    pos_logits, neg_logits = pos_logits.float(), neg_logits.float()
+    neg_term = (F.logsigmoid(-neg_logits) * (~hit).float()).sum(-1)
+    per_position = -(beta * F.logsigmoid(pos_logits) + neg_term) / (neg_logits.shape[-1] + 1)
+    return per_position.mean()
+
+
+def next_item_targets(item_seq, item_seq_len, last_target):
+    """[B, L] targets: position t -> item_seq[t + 1]; the last real position -> the row's
+    target; 0 (no target) at padding."""
+    targets = torch.zeros_like(item_seq)
+    targets[:, :-1] = item_seq[:, 1:]
+    positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+    targets = targets.masked_fill(positions.unsqueeze(0) >= item_seq_len.unsqueeze(1), 0)
+    return targets.scatter(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1), last_target.unsqueeze(1))
+
+
+def _option(config, key, default=None):
+    value = config[key] if key in config else None
+    return default if value is None else value
+
+
+class AllPositionsMixin:
+    """Scores every position in training when ``train_positions: all`` (see module docs)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.train_positions = train_positions_option(config)
+        loss = _option(config, "position_loss")
+        if loss is None:
+            loss = "bce" if str(config["loss_type"]).upper() == "BPR" else "ce"
+        loss = str(loss).lower()
+        if loss not in POSITION_LOSSES:
+            raise ValueError(
+                f"option position_loss must be one of {', '.join(POSITION_LOSSES)}, got {loss!r}"
+            )
+        sampler = str(_option(config, "position_sampler", "uniform")).lower()
+        if sampler not in POSITION_SAMPLERS:
+            raise ValueError(
+                f"option position_sampler must be one of {', '.join(POSITION_SAMPLERS)}, "
+                f"got {sampler!r}"
+            )
+        if sampler == "in_batch" and loss != "sampled_softmax":
+            raise ValueError("option position_sampler: in_batch needs position_loss: sampled_softmax")
+        self.position_loss = loss
+        self.position_sampler = sampler
+        self.position_negatives = self._positive_int(config, "position_negatives", 256)
+        self.position_chunk_size = self._positive_int(config, "position_chunk_size", 4096)
+        self.gbce_t = float(_option(config, "gbce_t", 0.75))
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ValueError(f"option gbce_t must be in [0, 1], got {self.gbce_t}")
+        self._all_positions = False
+        if sampler == "in_batch":
+            self.register_buffer("position_log_q", self._target_log_frequency(dataset), persistent=False)
+
+    @staticmethod
+    def _positive_int(config, key, default):
+        value = _option(config, key, default)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number <= 0 or str(number) != str(value).strip():
+            raise ValueError(f"option {key} must be a positive integer, got {value!r}")
+        return number
+
+    def _target_log_frequency(self, dataset):
+        """log q(i): item i's share of the training targets (every position of the windows)."""
+        inter = dataset.inter_feat
+        seq, seq_len, last = inter[self.ITEM_SEQ], inter[self.ITEM_SEQ_LEN], inter[self.ITEM_ID]
+        targets = next_item_targets(seq, seq_len, last)
+        counts = torch.bincount(targets[targets > 0], minlength=self.n_items).float()
+        return torch.log((counts + 1.0) / (counts.sum() + self.n_items))  # add-one: no log 0
+
+    # ---- RecBole's hooks -----------------------------------------------------------------
+    def gather_indexes(self, output, gather_index):
+        if self._all_positions:
+            return output
+        return super().gather_indexes(output, gather_index)
+
+    def position_item_weight(self):
+        """The item table candidates are scored with (the backbone's, as its own loss does)."""
+        return self.item_embedding.weight
+
+    def calculate_loss(self, interaction):
+        if self.train_positions != "all":
+            return super().calculate_loss(interaction)
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        self._all_positions = True
+        try:
+            output = self.forward(item_seq, item_seq_len)
+        finally:
+            self._all_positions = False
+        if output.dim() != 3 or output.shape[:2] != item_seq.shape:
+            raise RuntimeError(
+                f"{type(self).__name__}: train_positions: all expects the backbone's forward to "
+                f"end with gather_indexes(output, item_seq_len - 1); got output {tuple(output.shape)}"
+            )
+        targets = next_item_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
+        real = targets > 0
+        return self.positions_loss(output[real], targets[real])
+
+    def positions_loss(self, h, y):
+        """The loss of ``position_loss`` for hidden states h [T, D] and targets y [T]."""
+        weight = self.position_item_weight()
+        n = weight.shape[0]
+        if self.position_loss == "ce":  # the padding item is no class
+            return chunked_cross_entropy(h, weight[1:], y - 1, self.position_chunk_size)
+        if self.position_loss == "bce":
+            neg = torch.randint(1, n, y.shape, device=y.device)
+            pos_logits = (h * weight[y]).sum(-1)
+            neg_logits = (h * weight[neg]).sum(-1)
+            return bce_loss(pos_logits, neg_logits, neg != y)
+        if self.position_sampler == "in_batch":
+            candidates, index = torch.unique(y, return_inverse=True)
+            logits = (h @ weight[candidates].t()).float() - self.position_log_q[candidates]
+            return F.cross_entropy(logits, index)
+        neg = torch.randint(1, n, (self.position_negatives,), device=y.device)
+        hit = neg.unsqueeze(0) == y.unsqueeze(1)  # [T, N]
+        if self.position_loss == "sampled_softmax":
+            return sampled_softmax_loss(h, weight[y], weight[neg], hit)
+        beta = gbce_beta(self.position_negatives, n - 1, self.gbce_t)
+        pos_logits = (h * weight[y]).sum(-1)
+        return gbce_loss(pos_logits, h @ weight[neg].t(), hit, beta)
+
+
+def recbole_backbone(model_class):
+    """The first class of RecBole itself in ``model_class``'s MRO (the backbone)."""
+    for cls in model_class.__mro__:
+        if cls.__module__.startswith("recbole."):
+            return cls
+    return None
+
+
+def with_all_positions(model_class):
+    """``model_class`` with :class:`AllPositionsMixin` just before its RecBole backbone, or a
+    clear error when the model cannot score every position."""
+    if issubclass(model_class, AllPositionsMixin):
+        return model_class
+    backbone = recbole_backbone(model_class)
+    if backbone is None or backbone.__name__ not in ALL_POSITIONS_BACKBONES:
+        raise ValueError(
+            f"train_positions: all needs a causal model whose forward scores every position "
+            f"({', '.join(ALL_POSITIONS_BACKBONES)} and the models built on them, e.g. "
+            f"PRISM_SASRec, PRISM_GRU4Rec, SASRecF_MM); {model_class.__name__} "
+            f"{'is built on ' + backbone.__name__ if backbone else 'has no RecBole backbone'}, "
+            "which does not. Use train_positions: last for this model."
+        )
+    name = model_class.__name__
+    if model_class is backbone:
+        bases = (AllPositionsMixin, model_class)
+    else:
+        bases = (model_class, AllPositionsMixin, backbone)
+    key = f"_AllPositions_{model_class.__module__.replace('.', '_')}_{name}"
+    if key not in globals():  # module-level, so that the class pickles by name
+        globals()[key] = type(name, bases, {"__module__": __name__, "__qualname__": key})
+    return globals()[key]
+
+
+def model_class_for(config, model_class):
+    """The class to build for ``config``: ``model_class``, or its every-position version."""
+    if train_positions_option(config) == "all":
+        return with_all_positions(model_class)
+    return model_class
