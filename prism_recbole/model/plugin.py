@@ -29,6 +29,8 @@ batch, in the order ``model.prism_expert_names``.  ``model.prism_active = False`
 PRISM contribution off (the backbone then computes exactly what the plain backbone computes
 from the same weights; used by the tests).
 """
+import copy
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -141,6 +143,9 @@ class PRISMPlugin:
 
     backbone_name = None  # the RecBole class name; its YAML defaults are loaded first
     prism_active = True
+    # the backbone's embedding tables that embed the input sequence, one PRISM addition each
+    # (STOSA: a mean and a covariance stream); the first one's gate weights are reported
+    prism_streams = ("item_embedding",)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -152,7 +157,8 @@ class PRISMPlugin:
                 "'modalities' to the float_seq fields of the .item file, "
                 "e.g. modalities: [img_emb, txt_emb]"
             )
-        hidden_size = self.item_embedding.embedding_dim
+        first = getattr(self, self.prism_streams[0])
+        hidden_size = first.embedding_dim
         self.prism_modalities = list(modalities)
         self.prism_item_side = _choice_option(config, "prism_item_side", ITEM_SIDES, "id")
         item_features = _bool_option(config, "prism_item_features", True)
@@ -180,7 +186,7 @@ class PRISMPlugin:
             lambda_red=_float_option(config, "prism_lambda_red"),
             trainable_features=not _bool_option(config, "prism_freeze_features"),
             initializer_range=float(config["initializer_range"] or 0.02),
-            n_rows=self.item_embedding.num_embeddings,
+            n_rows=first.num_embeddings,
             fusion_level=_choice_option(config, "prism_fusion_level", ("sequence", "item"), "sequence"),
             # with id+modal the item table itself carries Σ_m x^m: do not add it twice
             item_features=item_features and self.prism_item_side == "id",
@@ -191,13 +197,34 @@ class PRISMPlugin:
             causal=train_positions_option(config) == "all",
         )
         if self.prism_item_side == "id+modal":
+            if len(self.prism_streams) > 1:
+                raise ValueError(
+                    f"prism_item_side: id+modal is not available for {type(self).__name__}, "
+                    f"whose input has {len(self.prism_streams)} embedding streams"
+                )
             self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)
         self.prism_expert_names = list(self.prism.expert_names)
+        # more streams (STOSA's covariance): the same experts, gate and feature tables, their
+        # own projections W_m, b_m; the auxiliary loss is averaged over the streams
+        self.prism_extra_streams = nn.ModuleList()
+        for _ in self.prism_streams[1:]:
+            layer = copy.deepcopy(self.prism)
+            layer.interaction_experts = self.prism.interaction_experts
+            layer.adaptive_fusion = self.prism.adaptive_fusion
+            layer.features.share_tables(self.prism.features)
+            for proj in layer.features.projections:
+                nn.init.normal_(proj.weight, mean=0.0, std=self.prism.initializer_range)
+                nn.init.zeros_(proj.bias)
+            self.prism_extra_streams.append(layer)
         # frozen feature tables are identical on every rank: DDP must not broadcast them
+        prefixes = ["prism"] + [f"prism_extra_streams.{i}" for i in range(len(self.prism_extra_streams))]
         self._ddp_params_and_buffers_to_ignore = [
-            f"prism.features.{name}" for name in self.prism.features.buffer_names()
-        ] + ["prism.features.present"]
-        self.item_embedding.register_forward_hook(self._prism_embedding_hook)
+            f"{prefix}.features.{name}" for prefix in prefixes
+            for name in self.prism.features.buffer_names() + ["present"]
+        ]
+        for stream, name in enumerate(self.prism_streams):
+            getattr(self, name).register_forward_hook(functools.partial(self._prism_embedding_hook, stream))
+        self._prism_stream_outputs = {}
         self._prism_sequence = None
         self._prism_sequence_len = None
         self._prism_batch = None
@@ -246,18 +273,23 @@ class PRISMPlugin:
         finally:
             self._prism_sequence = self._prism_sequence_len = None
 
-    def _prism_embedding_hook(self, module, inputs, output):
+    def _prism_embedding_hook(self, stream, module, inputs, output):
         if not self.prism_active or self._prism_sequence is None or inputs[0] is not self._prism_sequence:
             return None  # switched off, or a candidate look-up rather than the input sequence
         item_seq, item_seq_len = inputs[0], self._prism_sequence_len
-        out = self.prism(
+        layer = self.prism if stream == 0 else self.prism_extra_streams[stream - 1]
+        out = layer(
             item_seq, output,
             self.prism_pool_mask(item_seq, item_seq_len),
             self.prism_add_mask(item_seq, item_seq_len),
         )
-        self._prism_aux_loss = out.aux_loss
-        self.prism_gate_weights = out.gate_weights.detach()
-        self.prism_output = out
+        self._prism_stream_outputs[stream] = out
+        if len(self._prism_stream_outputs) == len(self.prism_streams):
+            outputs = self._prism_stream_outputs.values()
+            self._prism_aux_loss = sum(o.aux_loss for o in outputs) / len(self.prism_streams)
+        if stream == 0:
+            self.prism_gate_weights = out.gate_weights.detach()
+            self.prism_output = out
         return output + out.add_emb
 
     # ---- RecBole's entry points ----------------------------------------------------------
@@ -269,6 +301,7 @@ class PRISMPlugin:
         that rebuilt its sequence tensor would otherwise be evaluated without PRISM)."""
         self._prism_aux_loss = None
         self.prism_output = None
+        self._prism_stream_outputs = {}
         try:
             self._prism_batch = (interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         except KeyError:
@@ -281,10 +314,11 @@ class PRISMPlugin:
                 yield
         finally:
             self._prism_batch = None
-        if self.prism_active and self.prism_output is None:
+        if self.prism_active and len(self._prism_stream_outputs) < len(self.prism_streams):
+            missed = [n for i, n in enumerate(self.prism_streams) if i not in self._prism_stream_outputs]
             raise RuntimeError(
                 f"{type(self).__name__}: the backbone's forward did not embed the input "
-                "sequence with self.item_embedding(item_seq), so PRISM was not applied"
+                f"sequence with self.{missed[0]}(item_seq), so PRISM was not applied"
             )
 
     def calculate_loss(self, interaction):

@@ -227,6 +227,8 @@ def with_all_positions(model_class):
     clear error when the model cannot score every position."""
     if issubclass(model_class, AllPositionsMixin):
         return model_class
+    if getattr(model_class, "handles_train_positions", False):
+        return model_class  # scores every position with its own loss (e.g. STOSA)
     backbone = recbole_backbone(model_class)
     if backbone is None or backbone.__name__ not in ALL_POSITIONS_BACKBONES:
         raise ValueError(

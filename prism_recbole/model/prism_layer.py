@@ -118,6 +118,14 @@ class ModalityFeatures(nn.Module):
         self.projections = nn.ModuleList(nn.Linear(t.shape[1], hidden_size) for t in tables)
         self._cache = None  # (key, zeroed [n_rows, M, D], summed [n_rows, D], raw or None)
 
+    def share_tables(self, other):
+        """Read the same feature tables as ``other`` (one set of tables, several projections)."""
+        if self.trainable:
+            self.tables = other.tables
+        else:
+            for m in range(self.n_modalities):
+                setattr(self, f"table_{m}", other.table(m))
+
     def table(self, m):
         return self.tables[m].weight if self.trainable else getattr(self, f"table_{m}")
 
