@@ -73,6 +73,8 @@ class Config(RecBoleConfig):
         recbole_model = backbone or getattr(model_class, "recbole_defaults", None)
         if recbole_model:
             backbone_file = os.path.join(RECBOLE_PROPERTIES_DIR, "model", recbole_model + ".yaml")
+            if not os.path.isfile(backbone_file):  # a backbone of this package (STOSA)
+                backbone_file = os.path.join(PROPERTIES_DIR, "model", recbole_model + ".yaml")
             if os.path.isfile(backbone_file):
                 self._update_internal_config_dict(backbone_file)
         if backbone:

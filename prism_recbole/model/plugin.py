@@ -307,7 +307,7 @@ class PRISMPlugin:
         except KeyError:
             self._prism_batch = None
         try:
-            if isinstance(self.item_embedding, ModalItemEmbedding):
+            if isinstance(getattr(self, "item_embedding", None), ModalItemEmbedding):
                 with self.item_embedding.cached():
                     yield
             else:

@@ -5,5 +5,7 @@ from prism_recbole.model.sequential_recommender.prism_gru4rec import PRISM_GRU4R
 from prism_recbole.model.sequential_recommender.prism_narm import PRISM_NARM
 from prism_recbole.model.sequential_recommender.prism_sasrec import PRISM_SASRec
 from prism_recbole.model.sequential_recommender.prism_stamp import PRISM_STAMP
+from prism_recbole.model.sequential_recommender.prism_stosa import PRISM_STOSA
+from prism_recbole.model.sequential_recommender.stosa import STOSA
 
-__all__ = ["MMSR", "PRISM_BERT4Rec", "PRISM_Caser", "PRISM_GRU4Rec", "PRISM_NARM", "PRISM_SASRec", "PRISM_STAMP"]
+__all__ = ["MMSR", "PRISM_BERT4Rec", "PRISM_Caser", "PRISM_GRU4Rec", "PRISM_NARM", "PRISM_SASRec", "PRISM_STAMP", "PRISM_STOSA", "STOSA"]
