@@ -135,12 +135,19 @@ class ModalityFeatures(nn.Module):
         pads = [f"pad_{m}" for m in range(self.n_modalities)]
         return pads + ([] if self.trainable else [f"table_{m}" for m in range(self.n_modalities)])
 
-    def forward(self, item_ids: torch.Tensor):
-        """item_ids [U] -> (projected [U, M, D] with missing and padding rows zeroed,
-        raw [U, M, D]: W_m f + b_m with the fixed padding vector for id 0, present [U, M])."""
+    def forward(self, item_ids: Optional[torch.Tensor] = None):
+        """item_ids [U] (None: every row) -> (projected [U, M, D] with missing and padding rows
+        zeroed, raw [U, M, D]: W_m f + b_m with the fixed padding vector for id 0, present [U, M]).
+        The padding vector is projected on its own and put in place after the projection (the
+        projection is row-wise), so no copy of a [U, F_m] table slice is made for it."""
+        if item_ids is None:
+            item_ids = torch.arange(self.present.shape[0], device=self.present.device)
+            rows = [self.table(m) for m in range(self.n_modalities)]  # the tables, uncopied
+        else:
+            rows = [self.table(m)[item_ids] for m in range(self.n_modalities)]
         is_pad = (item_ids == 0).unsqueeze(-1)
         raw = torch.stack([
-            proj(torch.where(is_pad, getattr(self, f"pad_{m}"), self.table(m)[item_ids]))
+            torch.where(is_pad, proj(getattr(self, f"pad_{m}")), proj(rows[m]))
             for m, proj in enumerate(self.projections)
         ], dim=1)
         present = self.present[item_ids]
@@ -162,8 +169,7 @@ class ModalityFeatures(nn.Module):
         if cacheable and self._cache is not None and self._cache[0] == self._cache_key() and (
                 self._cache[3] is not None or not with_raw):
             return self._cache[1:]
-        ids = torch.arange(self.present.shape[0], device=self.present.device)
-        zeroed, raw, _ = self(ids)
+        zeroed, raw, _ = self()
         rows = (zeroed, zeroed.sum(dim=1), raw if with_raw else None)
         self._cache = (self._cache_key(),) + rows if cacheable else None
         return rows
@@ -467,10 +473,8 @@ class PRISMLayer(nn.Module):
             pooled = [pool_mean(rows[:, m], index, weights) for m in range(self.n_modalities)]
             return torch.stack(pooled, dim=1), id_emb.mean(dim=1)
         real = pool_mask.to(rows.dtype)
-        pooled = [
-            pool_mean(rows[:, m], index, real * present[:, m][index].to(rows.dtype))
-            for m in range(self.n_modalities)
-        ]
+        has = F.embedding(index, present.to(rows.dtype)) * real.unsqueeze(-1)  # [B, L, M]
+        pooled = [pool_mean(rows[:, m], index, has[..., m]) for m in range(self.n_modalities)]
         real = real.unsqueeze(1)  # [B, 1, L]
         user_summary = torch.bmm(real.to(id_emb.dtype), id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)
         return torch.stack(pooled, dim=1), user_summary
@@ -543,9 +547,9 @@ class PRISMLayer(nn.Module):
             for k in range(K):
                 per_position = per_position + gate_weights[:, k, None, None] * item_outputs[:, k][index]
 
-        add = summed[index] if self.item_features else None  # Σ_m x^m_t
+        add = F.embedding(index, summed) if self.item_features else None  # Σ_m x^m_t
         if per_position is not None:
-            add = per_position if add is None else add + per_position
+            add = per_position if add is None else add.add_(per_position)
         if add is None:  # features only, and they are on the candidate side (id+modal)
             add = id_emb.new_zeros(B, L, D)
         elif add.shape[1] != L:  # z alone, broadcast over the positions
