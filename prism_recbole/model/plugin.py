@@ -290,6 +290,8 @@ class PRISMPlugin:
         if stream == 0:
             self.prism_gate_weights = out.gate_weights.detach()
             self.prism_output = out
+        if output.dtype == out.add_emb.dtype:  # in place: the embedding's backward does not need it
+            return output.add_(out.add_emb)
         return output + out.add_emb
 
     # ---- RecBole's entry points ----------------------------------------------------------

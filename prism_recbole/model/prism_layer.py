@@ -552,7 +552,9 @@ class PRISMLayer(nn.Module):
             add = per_position if add is None else add.add_(per_position)
         if add is None:  # features only, and they are on the candidate side (id+modal)
             add = id_emb.new_zeros(B, L, D)
-        elif add.shape[1] != L:  # z alone, broadcast over the positions
-            add = add.expand(B, L, D)
-        add = add * add_mask.unsqueeze(-1).to(dtype)  # only at the chosen positions
+        mask = add_mask.unsqueeze(-1).to(dtype)
+        if add.shape[1] != L:  # z alone, broadcast over the positions
+            add = add.expand(B, L, D) * mask
+        else:  # only at the chosen positions (in place: no second [B, L, D] tensor)
+            add = add.mul_(mask) if add.dtype == mask.dtype else add * mask
         return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms)
