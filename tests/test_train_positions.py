@@ -102,7 +102,7 @@ def test_targets_are_the_next_items_on_a_hand_made_history():
 
 
 # ---- the model ---------------------------------------------------------------------------
-CAUSAL_MODELS = ["SASRec", "GRU4Rec", "PRISM_SASRec", "PRISM_GRU4Rec", "SASRecF_MM"]
+CAUSAL_MODELS = ["SASRec", "GRU4Rec", "PRISM_SASRec", "PRISM_GRU4Rec", "SASRecF_MM", "FDSA_MM"]
 
 
 def all_outputs(model, seq, lengths):
