@@ -76,6 +76,7 @@ def test_no_aux_loss_trains_the_experts_through_the_recommendation_loss_only(tin
 def test_no_item_features_adds_only_the_fused_vector(tiny):
     model, _, test_data = build(tiny, prism_item_features=False)
     model.eval()
+    model.prism_keep_add_emb = True
     with torch.no_grad():
         model.full_sort_predict(next(iter(test_data))[0])
     out = model.prism_output

@@ -54,6 +54,7 @@ def test_trains_and_evaluates_through_run_recbole(backbone, tmp_path, tiny, monk
 def test_nothing_after_the_last_real_item_matters(backbone, causal, tiny):
     _, model, _, test_data = build(f"PRISM_{backbone}", small(tiny))
     model.eval()
+    model.prism_keep_add_emb = True
     batch = next(iter(test_data))[0]
     seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
     after = torch.arange(seq.size(1)).unsqueeze(0) >= seq_len.unsqueeze(1)
@@ -208,6 +209,7 @@ def test_item_side_id_plus_modal_scores_candidates_with_their_vectors(tiny):
 def test_item_level_fusion_runs_the_experts_once_per_distinct_item(tiny):
     _, model, train_data, _ = build("PRISM_GRU4Rec", small(tiny, prism_fusion_level="item"))
     model.train()
+    model.prism_keep_add_emb = True
     batch = next(iter(train_data))
     rows = []
     model.prism.interaction_experts.experts[0].register_forward_hook(lambda m, i, o: rows.append(i[0].shape))
@@ -254,6 +256,7 @@ def test_prediction_raises_when_the_backbone_skips_the_embedding_hook(tiny, monk
 def test_item_level_bert4rec_gives_the_masked_position_the_users_vector(tiny):
     _, model, _, test_data = build("PRISM_BERT4Rec", small(tiny, prism_fusion_level="item"))
     model.eval()
+    model.prism_keep_add_emb = True
     batch = next(iter(test_data))[0]
     item_seq = model.reconstruct_test_data(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
     with torch.no_grad():
@@ -262,3 +265,15 @@ def test_item_level_bert4rec_gives_the_masked_position_the_users_vector(tiny):
     at_mask = out.add_emb[item_seq == model.mask_token]  # [B, D]
     assert at_mask.shape[0] == item_seq.shape[0] and at_mask.abs().sum(-1).gt(0).all()
     torch.testing.assert_close(at_mask, out.fused)  # z = Σ_k w_k h̄_k of the visible items
+
+
+def test_what_prism_added_is_not_kept_unless_asked(tiny):
+    _, model, _, test_data = build("PRISM_SASRec", small(tiny))
+    model.eval()
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        model.full_sort_predict(batch)
+        assert model.prism_output.add_emb is None and model.prism_output.fused is not None
+        model.prism_keep_add_emb = True
+        model.full_sort_predict(batch)
+    assert model.prism_output.add_emb.shape[:2] == batch[model.ITEM_SEQ].shape

@@ -37,6 +37,7 @@ def test_registered_with_stosas_and_prisms_defaults(tiny):
 def test_the_addition_reaches_both_streams(tiny):
     _, model, _, test_data = build(tiny)
     model.eval()
+    model.prism_keep_add_emb = True
     batch = next(iter(test_data))[0]
     seq = batch[model.ITEM_SEQ]
     captured = {}

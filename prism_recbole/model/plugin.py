@@ -27,7 +27,9 @@ models): there the "sequence tensor" the hook waits for never reaches ``item_emb
 After any forward pass ``model.prism_gate_weights`` holds the gate weights ``[B, K]`` of the
 batch, in the order ``model.prism_expert_names``.  ``model.prism_active = False`` switches the
 PRISM contribution off (the backbone then computes exactly what the plain backbone computes
-from the same weights; used by the tests).
+from the same weights; used by the tests).  ``model.prism_output`` keeps the fused vector, the
+gate weights and the expert outputs of the last call; what was added at each position
+(``add_emb``) only with ``model.prism_keep_add_emb = True``.
 """
 import copy
 import functools
@@ -143,6 +145,8 @@ class PRISMPlugin:
 
     backbone_name = None  # the RecBole class name; its YAML defaults are loaded first
     prism_active = True
+    # keep what PRISM added ([B, L, D]) in model.prism_output.add_emb after a call (inspection)
+    prism_keep_add_emb = False
     # the backbone's embedding tables that embed the input sequence, one PRISM addition each
     # (STOSA: a mean and a covariance stream); the first one's gate weights are reported
     prism_streams = ("item_embedding",)
@@ -290,9 +294,12 @@ class PRISMPlugin:
         if stream == 0:
             self.prism_gate_weights = out.gate_weights.detach()
             self.prism_output = out
-        if output.dtype == out.add_emb.dtype:  # in place: the embedding's backward does not need it
-            return output.add_(out.add_emb)
-        return output + out.add_emb
+        add_emb = out.add_emb
+        if not self.prism_keep_add_emb:  # one [B, L, D] tensor less kept after the call
+            out.add_emb = None
+        if output.dtype == add_emb.dtype:  # in place: the embedding's backward does not need it
+            return output.add_(add_emb)
+        return output + add_emb
 
     # ---- RecBole's entry points ----------------------------------------------------------
     @contextmanager
