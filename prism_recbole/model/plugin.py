@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from prism_recbole.config import parse_list_option
 from prism_recbole.data.positions import train_positions_option
-from prism_recbole.model.prism_layer import EXPERT_KINDS, FUSION_MODES, PRISMLayer
+from prism_recbole.model.prism_layer import EXPERT_KINDS, FUSION_MODES, REPLACEMENTS, PRISMLayer
 
 ITEM_SIDES = ("id", "id+modal")
 
@@ -199,6 +199,7 @@ class PRISMPlugin:
             aux_loss=_bool_option(config, "prism_aux_loss", True),
             # train_positions: all trains every position: z_t may use items up to t only
             causal=train_positions_option(config) == "all",
+            replace=_choice_option(config, "prism_replace", REPLACEMENTS, "noise"),
         )
         if self.prism_item_side == "id+modal":
             if len(self.prism_streams) > 1:

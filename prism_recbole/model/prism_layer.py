@@ -249,6 +249,7 @@ def redundancy_loss(clean, replaced, mask=None):
 
 
 EXPERT_KINDS = ("unique", "synergy", "redundancy")
+REPLACEMENTS = ("noise", "shuffle", "mean")
 
 
 class InteractionExpertLayer(nn.Module):
@@ -262,8 +263,13 @@ class InteractionExpertLayer(nn.Module):
 
     def __init__(self, n_modalities, hidden_size, expert_hidden, dropout, noise_std,
                  margin, lambda_uni, lambda_syn, lambda_red, modality_names=None,
-                 kinds=EXPERT_KINDS):
+                 kinds=EXPERT_KINDS, replace="noise"):
         super().__init__()
+        if replace not in REPLACEMENTS:
+            raise ValueError(
+                f"option prism_replace must be one of {', '.join(REPLACEMENTS)}, got {replace!r}"
+            )
+        self.replace = replace
         unknown = [k for k in kinds if k not in EXPERT_KINDS]
         if unknown or not kinds:
             raise ValueError(
@@ -296,12 +302,24 @@ class InteractionExpertLayer(nn.Module):
             return part.detach().std()
         return self.noise_std
 
+    def _replacement(self, part):
+        """What stands in for a modality's vectors ``part`` [..., D] (``replace``):
+        noise: fresh N(0, σ²) noise (the authors'); shuffle: the same modality's vector of
+        another row of the batch (a random permutation of the rows), which looks like real
+        data; mean: the modality's mean over the batch.  shuffle and mean are detached."""
+        if self.replace == "noise":
+            return torch.randn_like(part) * self._noise_scale(part)
+        rows = part.detach().reshape(-1, part.shape[-1])
+        if self.replace == "shuffle":
+            return rows[torch.randperm(rows.shape[0], device=rows.device)].view_as(part)
+        return rows.mean(dim=0).expand_as(part)
+
     def _replaced_inputs(self, pooled):
-        """[M, ..., M·D]: for each m, the input with modality m replaced by fresh noise."""
+        """[M, ..., M·D]: for each m, the input with modality m replaced (``_replacement``)."""
         inputs = []
         for m in range(self.n_modalities):
             parts = list(pooled.unbind(dim=-2))
-            parts[m] = torch.randn_like(parts[m]) * self._noise_scale(parts[m])
+            parts[m] = self._replacement(parts[m])
             inputs.append(torch.cat(parts, dim=-1))
         return torch.stack(inputs)
 
@@ -388,7 +406,7 @@ class PRISMLayer(nn.Module):
                  temperature=0.7, noise_std=1.0, margin=1.0, lambda_uni=0.1, lambda_syn=0.1,
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
                  fusion_level="sequence", item_features=True, fusion="adaptive",
-                 experts=EXPERT_KINDS, aux_loss=True, causal=False):
+                 experts=EXPERT_KINDS, aux_loss=True, causal=False, replace="noise"):
         super().__init__()
         if causal and fusion != "none" and (pooling != "masked_mean" or fusion_level != "sequence"):
             raise ValueError(
@@ -430,6 +448,7 @@ class PRISMLayer(nn.Module):
             self.interaction_experts = InteractionExpertLayer(
                 self.n_modalities, hidden_size, expert_hidden, expert_dropout, noise_std, margin,
                 lambda_uni, lambda_syn, lambda_red, modality_names, kinds=tuple(experts),
+                replace=replace,
             )
             self.expert_names = self.interaction_experts.expert_names
             if fusion == "adaptive":
