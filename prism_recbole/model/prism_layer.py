@@ -526,18 +526,22 @@ class PRISMLayer(nn.Module):
         expert_outputs = id_emb.new_zeros(B, len(self.expert_names), D)
         aux_loss, terms, per_position = id_emb.new_zeros(()), None, None
 
-        if self.fusion != "none" and self.causal:
-            # per position t: x̄_t, ē_t over the prefix, experts and gate on [B, L, ...], the
-            # auxiliary losses averaged over the real positions; z_t is added at position t
+        if self.fusion != "none" and self.causal and pool_mask.any():
+            # per position t: x̄_t, ē_t over the prefix; the experts and the gate run on the T
+            # real positions only (not B·L: short histories are mostly padding), so the
+            # auxiliary losses average over the real positions; z_t is added at position t
             pooled, user_summary = self.pool_prefix(rows, present, index, id_emb, pool_mask)
-            outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux, pool_mask)
-            per_position, weights = self.adaptive_fusion(outputs, user_summary)
-            # what a last-position call reports: the values at the last real position
-            last = (pool_mask.long().cumsum(1).argmax(1)).view(B, 1)
-            fused = per_position.gather(1, last.unsqueeze(-1).expand(B, 1, D)).squeeze(1)
-            gate_weights = weights.gather(1, last.unsqueeze(-1).expand(B, 1, weights.shape[-1])).squeeze(1)
-            expert_outputs = outputs.gather(
-                1, last.view(B, 1, 1, 1).expand(B, 1, *outputs.shape[2:])).squeeze(1)
+            outputs, aux_loss, terms = self.interaction_experts(pooled[pool_mask], with_aux)
+            fused_rows, weight_rows = self.adaptive_fusion(outputs, user_summary[pool_mask])
+            per_position = id_emb.new_zeros(B, L, D).masked_scatter(
+                pool_mask.unsqueeze(-1), fused_rows.to(dtype))
+            # what a last-position call reports: the values at each sequence's last real position
+            counts = pool_mask.sum(dim=1)
+            last = (counts.cumsum(0) - 1).clamp(min=0)
+            has = (counts > 0).to(dtype).unsqueeze(-1)
+            fused = fused_rows[last] * has
+            gate_weights = weight_rows[last] * has
+            expert_outputs = outputs[last] * has.unsqueeze(-1)
         elif self.fusion != "none" and self.fusion_level == "sequence":
             pooled, user_summary = self.pool(raw if raw is not None else rows, present, index,
                                              id_emb, pool_mask)
