@@ -14,20 +14,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _overrides(parser, extra):
-    """``--key=value`` arguments after the known ones: options overriding the stored config."""
-    import yaml
-
-    options = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognized argument {item!r} (options are given as --key=value)")
-        key, value = item[2:].split("=", 1)
-        options[key] = yaml.safe_load(value) if value else ""
-    return options
-
-
 def main(argv=None):
+    from prism_recbole.cli import config_overrides
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", "-c", required=True, help="checkpoint written by run_recbole.py")
     parser.add_argument("--out", "-o", default=os.path.join("results", "fusion"),
@@ -38,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--prefix", default=None, help="start of the file names (default: the checkpoint's name)")
     parser.add_argument("--no_plot", action="store_true", help="do not write the PNG")
     args, extra = parser.parse_known_args(argv)
-    config_dict = _overrides(parser, extra)
+    config_dict = config_overrides(parser, extra)
 
     from prism_recbole.fusion_report import DEFAULT_BUCKET_EDGES, fusion_report
 

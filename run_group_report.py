@@ -17,20 +17,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _overrides(parser, extra):
-    """``--key=value`` arguments after the known ones: options overriding the stored config."""
-    import yaml
-
-    options = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognized argument {item!r} (options are given as --key=value)")
-        key, value = item[2:].split("=", 1)
-        options[key] = yaml.safe_load(value) if value else ""
-    return options
-
-
 def main(argv=None):
+    from prism_recbole.cli import config_overrides
+
     from prism_recbole.group_report import (DEFAULT_K, DEFAULT_LENGTH_BINS, DEFAULT_POPULARITY_BINS,
                                             SPLITS, group_report)
 
@@ -53,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--users_csv", default=None, help="write one line per test user to this CSV")
     parser.add_argument("--progress", action="store_true", help="progress bars (tqdm)")
     args, extra = parser.parse_known_args(argv)
-    config_dict = _overrides(parser, extra)
+    config_dict = config_overrides(parser, extra)
 
     report = group_report(
         args.checkpoints, names=args.names, split=args.split,

@@ -91,6 +91,14 @@ def _bool_option(config, key, default=False):
     raise ValueError(f"option {key} must be true or false, got {value!r}")
 
 
+def check_known_options(config, prefix, known, model_name):
+    """Options starting with ``prefix`` that the model does not know are one error naming them."""
+    unknown = sorted(k for k in config.final_config_dict if k.startswith(prefix) and k not in known)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {', '.join(unknown)} for model {model_name}. "
+                         f"Known {model_name} options: {', '.join(sorted(known))}.")
+
+
 def _choice_option(config, key, choices, default):
     value = config[key]
     if value is None:

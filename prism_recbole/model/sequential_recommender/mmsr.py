@@ -143,7 +143,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
-from prism_recbole.model.plugin import _bool_option, _choice_option, _float_option, _int_option
+from prism_recbole.model.plugin import _bool_option, _choice_option, _float_option, _int_option, check_known_options
 
 MODALITY_NODES = ("cluster", "item")
 CODE_INITS = ("centroid", "random")
@@ -642,11 +642,7 @@ class MMSR(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        unknown = sorted(k for k in config.final_config_dict
-                         if k.startswith("mmsr_") and k not in KNOWN_OPTIONS)
-        if unknown:
-            raise ValueError(f"Unknown option(s) {', '.join(unknown)} for model MMSR. "
-                             f"Known MMSR options: {', '.join(sorted(KNOWN_OPTIONS))}.")
+        check_known_options(config, "mmsr_", KNOWN_OPTIONS, "MMSR")
         modalities = list(config["modalities"] or [])
         tables = getattr(dataset, "modality_features", None) or {}
         if not modalities or any(f not in tables for f in modalities):

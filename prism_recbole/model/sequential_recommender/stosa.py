@@ -133,7 +133,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from prism_recbole.data.positions import train_positions_option
-from prism_recbole.model.plugin import _bool_option, _float_option, _int_option
+from prism_recbole.model.plugin import _bool_option, _float_option, _int_option, check_known_options
 from prism_recbole.model.positions import next_item_targets
 
 DISTANCE_METRICS = ("wasserstein",)
@@ -287,11 +287,7 @@ class STOSA(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        unknown = sorted(k for k in config.final_config_dict
-                         if k.startswith("stosa_") and k not in KNOWN_OPTIONS)
-        if unknown:
-            raise ValueError(f"Unknown option(s) {', '.join(unknown)} for model STOSA. "
-                             f"Known STOSA options: {', '.join(sorted(KNOWN_OPTIONS))}.")
+        check_known_options(config, "stosa_", KNOWN_OPTIONS, "STOSA")
         self.n_layers = _int_option(config, "n_layers")
         self.n_heads = _int_option(config, "n_heads")
         self.hidden_size = _int_option(config, "hidden_size")
