@@ -20,6 +20,7 @@ from prism_recbole.model.positions import (
     gbce_beta,
     gbce_loss,
     next_item_targets,
+    per_position_sampled_loss,
     sampled_softmax_loss,
 )
 from prism_recbole.model.prism_layer import PRISMLayer
@@ -207,7 +208,8 @@ def test_bad_options_name_the_option(data, tmp_path):
     with pytest.raises(ValueError, match="train_positions"):
         config_for("SASRec", data, tmp_path, train_positions="every")
     for key, value in (("position_loss", "hinge"), ("position_negatives", 0),
-                       ("position_sampler", "popular"), ("gbce_t", 2)):
+                       ("position_sampler", "popular"), ("gbce_t", 2),
+                       ("position_negative_sharing", "user")):
         config = config_for("SASRec", data, tmp_path, train_positions="all", **{key: value})
         _, train_data, _, _ = load_data(config)
         with pytest.raises(ValueError, match=key):
@@ -252,6 +254,56 @@ def test_sampled_softmax_by_hand_with_an_accidental_hit_masked():
     l0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(1) + math.exp(0)))
     l1 = -math.log(math.exp(2) / (math.exp(2) + math.exp(2)))
     assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_name", ["sampled_softmax", "gbce"])
+def test_per_position_negatives_by_hand_in_chunks_with_gradients(loss_name):
+    torch.manual_seed(0)
+    h = torch.randn(7, 3, requires_grad=True)
+    w = torch.randn(9, 3, requires_grad=True)
+    y = torch.tensor([1, 2, 3, 4, 5, 6, 7])
+    neg = torch.randint(1, 9, (7, 4))
+    neg[0, 2] = 1  # an accidental hit: position 0's own target among its negatives
+    beta = gbce_beta(4, 8, 0.5)
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    terms = []
+    for t in range(7):
+        pos = h[t] @ w[y[t]]
+        negs = [h[t] @ w[j] for j in neg[t] if j != y[t]]
+        if loss_name == "sampled_softmax":
+            terms.append(torch.logsumexp(torch.stack([pos] + negs), 0) - pos)
+        else:
+            terms.append(-(beta * F.logsigmoid(pos) + sum(F.logsigmoid(-x) for x in negs)) / 5)
+    hand = torch.stack(terms).mean()
+    got = per_position_sampled_loss(loss_name, h, w, y, neg, chunk_size=3, beta=beta)
+    torch.testing.assert_close(got, hand)
+    g1 = torch.autograd.grad(got, (h, w))
+    g2 = torch.autograd.grad(hand, (h, w))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+    del s
+
+
+@pytest.mark.parametrize("sharing", ["position", "batch"])
+def test_negative_sharing_draws_per_position_or_once(sharing, data, tmp_path, monkeypatch):
+    config = config_for("SASRec", data, tmp_path, train_positions="all",
+                        position_loss="sampled_softmax", position_negatives=5,
+                        position_negative_sharing=sharing)
+    _, train_data, _, _ = load_data(config)
+    model = build_model(config, train_data)
+    shapes = []
+    real_randint = torch.randint
+
+    def spy(*args, **kwargs):
+        out = real_randint(*args, **kwargs)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch, "randint", spy)
+    h = torch.randn(6, model.item_embedding.embedding_dim)
+    loss = model.positions_loss(h, torch.tensor([1, 2, 3, 4, 5, 6]))
+    assert torch.isfinite(loss)
+    assert shapes == ([(6, 5)] if sharing == "position" else [(5,)])
 
 
 def test_bce_by_hand():

@@ -19,13 +19,17 @@ over those positions (s_t = h_t·v_y, v = the item table the backbone scores wit
   ``position_chunk_size`` positions with checkpointing, so that no ``[T, n_items]`` tensor is
   held at once;
 * ``sampled_softmax``: softmax over the positive and ``position_negatives`` (N) negatives,
-  drawn uniformly on the device, one set shared by the batch's positions ([T, N] logits);
-  a negative equal to the position's target is masked out.  ``position_sampler: in_batch``
+  drawn uniformly on the device; ``position_negative_sharing: position`` draws N for every
+  position (RecTools' and eSASRec's ``randint(1, n, (B, L, N))``; the N negatives' vectors
+  are gathered ``position_chunk_size`` positions at a time with checkpointing, so at most
+  chunk x N x D floats are alive), ``batch`` one set shared by the batch's positions
+  ([T, N] logits from one [N, D] gather); a negative equal to the position's target is
+  masked out.  ``position_sampler: in_batch``
   uses the batch's distinct targets as the candidates instead, with the log-q correction
   ``s - log q(i)`` (q = the item's share of the training targets);
 * ``bce``: -log σ(s⁺) - log(1 - σ(s⁻)) with one uniform negative per position (the original
   SASRec's and the PRISM authors' loss; a negative equal to the target is dropped);
-* ``gbce``: gSASRec's generalised BCE with N shared negatives,
+* ``gbce``: gSASRec's generalised BCE with N negatives (drawn as for ``sampled_softmax``),
   -(β log σ(s⁺) + Σ log(1 - σ(s⁻))) / (N + 1), β = α(t(1 - 1/α) + 1/α), α = N / (|I| - 1),
   t = ``gbce_t`` (t = 0: BCE; t = 1: fully calibrated).
 
@@ -41,6 +45,7 @@ from prism_recbole.data.positions import train_positions_option
 ALL_POSITIONS_BACKBONES = ("SASRec", "GRU4Rec", "SASRecF", "FDSA")
 POSITION_LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 POSITION_SAMPLERS = ("uniform", "in_batch")
+NEGATIVE_SHARING = ("position", "batch")
 
 
 def _ce_chunk(h, weight, y):
@@ -61,11 +66,19 @@ def chunked_cross_entropy(h, weight, y, chunk_size):
     return total / max(h.shape[0], 1)
 
 
+def negative_logits(h, neg_emb):
+    """s(h_t, negatives): neg_emb [N, D] shared by all positions, or [T, N, D] per position."""
+    if neg_emb.dim() == 2:
+        return h @ neg_emb.t()  # [T, N]
+    return torch.bmm(neg_emb, h.unsqueeze(-1)).squeeze(-1)  # [T, N]
+
+
 def sampled_softmax_loss(h, pos_emb, neg_emb, hit, log_q_pos=None, log_q_neg=None):
-    """Softmax over [positive, negatives]: h [T, D], pos_emb [T, D], neg_emb [N, D] shared,
-    hit [T, N] bool (a negative that is the target, masked out); optional log-q corrections."""
+    """Softmax over [positive, negatives]: h [T, D], pos_emb [T, D], neg_emb [N, D] shared or
+    [T, N, D] per position, hit [T, N] bool (a negative that is the target, masked out);
+    optional log-q corrections."""
     pos = (h * pos_emb).sum(-1, keepdim=True)  # [T, 1]
-    neg = h @ neg_emb.t()  # [T, N]
+    neg = negative_logits(h, neg_emb)  # [T, N]
     if log_q_pos is not None:
         pos, neg = pos - log_q_pos.unsqueeze(-1), neg - log_q_neg.unsqueeze(0)
     neg = neg.masked_fill(hit, torch.finfo(neg.dtype).min)
@@ -93,6 +106,30 @@ def gbce_loss(pos_logits, neg_logits, hit, beta):
     neg_term = (F.logsigmoid(-neg_logits) * (~hit).float()).sum(-1)
     per_position = -(beta * F.logsigmoid(pos_logits) + neg_term) / (neg_logits.shape[-1] + 1)
     return per_position.mean()
+
+
+def _per_position_chunk(loss_name, beta, h, weight, y, neg):
+    """Sum over the chunk's positions of the sampled loss with per-position negatives."""
+    hit = neg == y.unsqueeze(1)
+    if loss_name == "sampled_softmax":
+        return sampled_softmax_loss(h, weight[y], weight[neg], hit) * h.shape[0]
+    pos_logits = (h * weight[y]).sum(-1)
+    return gbce_loss(pos_logits, negative_logits(h, weight[neg]), hit, beta) * h.shape[0]
+
+
+def per_position_sampled_loss(loss_name, h, weight, y, neg, chunk_size, beta=None):
+    """Mean over positions of ``sampled_softmax`` or ``gbce`` with negatives ``neg`` [T, N]
+    (one set per position), ``chunk_size`` positions at a time; with gradients each chunk's
+    [chunk, N, D] gather is recomputed in the backward pass instead of being kept."""
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_size):
+        args = (h[start:start + chunk_size], weight, y[start:start + chunk_size],
+                neg[start:start + chunk_size])
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            total = total + checkpoint(_per_position_chunk, loss_name, beta, *args, use_reentrant=False)
+        else:
+            total = total + _per_position_chunk(loss_name, beta, *args)
+    return total / max(h.shape[0], 1)
 
 
 def next_item_targets(item_seq, item_seq_len, last_target):
@@ -134,6 +171,13 @@ class AllPositionsMixin:
             raise ValueError("option position_sampler: in_batch needs position_loss: sampled_softmax")
         self.position_loss = loss
         self.position_sampler = sampler
+        sharing = str(_option(config, "position_negative_sharing", "position")).lower()
+        if sharing not in NEGATIVE_SHARING:
+            raise ValueError(
+                f"option position_negative_sharing must be one of {', '.join(NEGATIVE_SHARING)}, "
+                f"got {sharing!r}"
+            )
+        self.position_negative_sharing = sharing
         self.position_negatives = self._positive_int(config, "position_negatives", 256)
         self.position_chunk_size = self._positive_int(config, "position_chunk_size", 4096)
         self.gbce_t = float(_option(config, "gbce_t", 0.75))
@@ -205,11 +249,15 @@ class AllPositionsMixin:
             candidates, index = torch.unique(y, return_inverse=True)
             logits = (h @ weight[candidates].t()).float() - self.position_log_q[candidates]
             return F.cross_entropy(logits, index)
+        beta = gbce_beta(self.position_negatives, n - 1, self.gbce_t)
+        if self.position_negative_sharing == "position":
+            neg = torch.randint(1, n, (y.shape[0], self.position_negatives), device=y.device)
+            return per_position_sampled_loss(self.position_loss, h, weight, y, neg,
+                                             self.position_chunk_size, beta)
         neg = torch.randint(1, n, (self.position_negatives,), device=y.device)
         hit = neg.unsqueeze(0) == y.unsqueeze(1)  # [T, N]
         if self.position_loss == "sampled_softmax":
             return sampled_softmax_loss(h, weight[y], weight[neg], hit)
-        beta = gbce_beta(self.position_negatives, n - 1, self.gbce_t)
         pos_logits = (h * weight[y]).sum(-1)
         return gbce_loss(pos_logits, h @ weight[neg].t(), hit, beta)
 
