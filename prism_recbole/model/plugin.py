@@ -24,6 +24,10 @@ item sequence, and graph models whose input is a session graph (SR-GNN, GC-SAN; 
 models): there the "sequence tensor" the hook waits for never reaches ``item_embedding``,
 ``calculate_loss`` then raises instead of silently training without PRISM.
 
+``prism_gate_input: backbone_state`` (SASRec and GRU4Rec, whose ``forward`` ends with one
+``gather_indexes``): the hook adds Σ_m x^m_t only, and ``gather_indexes`` adds z to the
+backbone's output, with the gate reading that output (``PRISMLayer.fuse_state``).
+
 After any forward pass ``model.prism_gate_weights`` holds the gate weights ``[B, K]`` of the
 batch, in the order ``model.prism_expert_names``.  ``model.prism_active = False`` switches the
 PRISM contribution off (the backbone then computes exactly what the plain backbone computes
@@ -41,9 +45,12 @@ import torch.nn.functional as F
 
 from prism_recbole.config import parse_list_option
 from prism_recbole.data.positions import train_positions_option
-from prism_recbole.model.prism_layer import EXPERT_KINDS, FUSION_MODES, REPLACEMENTS, PRISMLayer
+from prism_recbole.model.prism_layer import (EXPERT_KINDS, FUSION_MODES, GATE_INPUTS,
+                                             REPLACEMENTS, PRISMLayer)
 
 ITEM_SIDES = ("id", "id+modal")
+# backbones whose forward ends with exactly one gather_indexes(output, item_seq_len - 1)
+GATE_ON_STATE_BACKBONES = ("SASRec", "GRU4Rec")
 
 
 def _float_option(config, key):
@@ -208,7 +215,13 @@ class PRISMPlugin:
             # train_positions: all trains every position: z_t may use items up to t only
             causal=train_positions_option(config) == "all",
             replace=_choice_option(config, "prism_replace", REPLACEMENTS, "noise"),
+            gate_input=_choice_option(config, "prism_gate_input", GATE_INPUTS, "id_summary"),
         )
+        if self.prism.gate_input == "backbone_state" and self.backbone_name not in GATE_ON_STATE_BACKBONES:
+            raise ValueError(
+                f"prism_gate_input: backbone_state is available for "
+                f"{', '.join('PRISM_' + b for b in GATE_ON_STATE_BACKBONES)} only, not {type(self).__name__}"
+            )
         if self.prism_item_side == "id+modal":
             if len(self.prism_streams) > 1:
                 raise ValueError(
@@ -309,6 +322,19 @@ class PRISMPlugin:
         if output.dtype == add_emb.dtype:  # in place: the embedding's backward does not need it
             return output.add_(add_emb)
         return output + add_emb
+
+    def gather_indexes(self, output, gather_index):
+        """The backbone's last step; with ``prism_gate_input: backbone_state`` z joins its
+        result here, the gate reading it (every position in the all-positions training)."""
+        out = super().gather_indexes(output, gather_index)
+        prism_output = self.prism_output if self.prism_active else None
+        if prism_output is None or prism_output.deferred is None:
+            return out
+        state, fused, weights = self.prism.fuse_state(prism_output.deferred, out)
+        prism_output.deferred = None  # applied once
+        prism_output.fused, prism_output.gate_weights = fused, weights
+        self.prism_gate_weights = weights.detach()
+        return state
 
     # ---- RecBole's entry points ----------------------------------------------------------
     @contextmanager

@@ -60,6 +60,13 @@ over the real positions.  At the last real position z_t is what the sequence-lev
 computation gives for the same prefix; evaluation uses the causal computation too, so a model
 is evaluated as it was trained.
 
+Where the gate reads from (``gate_input``).  ``id_summary`` (the authors'): the gate reads ē
+and z joins the input embeddings, as above.  ``backbone_state`` (an extension): the gate reads
+the backbone's own output h (at the last position, or at every position t in the causal mode)
+instead of ē, and z joins that output, h' = h + Σ_k w_k h_k; the input embeddings then receive
+Σ_m x^m_t alone.  The experts and their losses are unchanged; :meth:`PRISMLayer.fuse_state`
+does the fusion once the backbone has run (the plug-in calls it from ``gather_indexes``).
+
 Cost.  The pooling is a weighted ``embedding_bag`` over the projected vectors of the batch's
 distinct items (training) or of the whole catalogue, projected once per evaluation (no
 gradients, parameters unchanged): memory O(B·L + U·M·D), never ``[B, U]`` or ``[B, L, M, D]``.
@@ -82,6 +89,10 @@ class PRISMOutput:
     fused: torch.Tensor  # [B, D]  z
     expert_outputs: torch.Tensor  # [B, K, D]  clean h_k
     aux_terms: Optional[dict] = None  # individual loss terms (training only)
+    # gate_input backbone_state: what fuse_state needs once the backbone has run:
+    # (expert outputs [B, K, D], or [T, K, D] at the real positions in the causal mode,
+    #  the pool mask [B, L], whether they are per position)
+    deferred: Optional[tuple] = None
 
 
 class ModalityFeatures(nn.Module):
@@ -380,6 +391,7 @@ class UniformFusionLayer(nn.Module):
 
 
 FUSION_LEVELS = ("sequence", "item")
+GATE_INPUTS = ("id_summary", "backbone_state")
 FUSION_MODES = ("adaptive", "uniform", "none")
 
 
@@ -406,8 +418,16 @@ class PRISMLayer(nn.Module):
                  temperature=0.7, noise_std=1.0, margin=1.0, lambda_uni=0.1, lambda_syn=0.1,
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
                  fusion_level="sequence", item_features=True, fusion="adaptive",
-                 experts=EXPERT_KINDS, aux_loss=True, causal=False, replace="noise"):
+                 experts=EXPERT_KINDS, aux_loss=True, causal=False, replace="noise",
+                 gate_input="id_summary"):
         super().__init__()
+        if gate_input not in GATE_INPUTS:
+            raise ValueError(
+                f"option prism_gate_input must be one of {', '.join(GATE_INPUTS)}, got {gate_input!r}"
+            )
+        if gate_input == "backbone_state" and fusion_level != "sequence":
+            raise ValueError("prism_gate_input: backbone_state needs prism_fusion_level: sequence")
+        self.gate_input = gate_input
         if causal and fusion != "none" and (pooling != "masked_mean" or fusion_level != "sequence"):
             raise ValueError(
                 "train_positions: all runs PRISM causally (prefix means), which needs "
@@ -524,7 +544,8 @@ class PRISMLayer(nn.Module):
         gate_weights = id_emb.new_zeros(B, len(self.expert_names))
         fused = id_emb.new_zeros(B, D)
         expert_outputs = id_emb.new_zeros(B, len(self.expert_names), D)
-        aux_loss, terms, per_position = id_emb.new_zeros(()), None, None
+        aux_loss, terms, per_position, deferred = id_emb.new_zeros(()), None, None, None
+        late = self.gate_input == "backbone_state"  # the gate runs in fuse_state
 
         if self.fusion != "none" and self.causal and pool_mask.any():
             # per position t: x̄_t, ē_t over the prefix; the experts and the gate run on the T
@@ -532,16 +553,18 @@ class PRISMLayer(nn.Module):
             # auxiliary losses average over the real positions; z_t is added at position t
             pooled, user_summary = self.pool_prefix(rows, present, index, id_emb, pool_mask)
             outputs, aux_loss, terms = self.interaction_experts(pooled[pool_mask], with_aux)
-            fused_rows, weight_rows = self.adaptive_fusion(outputs, user_summary[pool_mask])
-            per_position = id_emb.new_zeros(B, L, D).masked_scatter(
-                pool_mask.unsqueeze(-1), fused_rows.to(dtype))
             # what a last-position call reports: the values at each sequence's last real position
-            counts = pool_mask.sum(dim=1)
-            last = (counts.cumsum(0) - 1).clamp(min=0)
-            has = (counts > 0).to(dtype).unsqueeze(-1)
-            fused = fused_rows[last] * has
-            gate_weights = weight_rows[last] * has
+            last, has = _last_real_rows(pool_mask)
+            has = has.to(dtype).unsqueeze(-1)
             expert_outputs = outputs[last] * has.unsqueeze(-1)
+            if late:
+                deferred = (outputs, pool_mask, True)
+            else:
+                fused_rows, weight_rows = self.adaptive_fusion(outputs, user_summary[pool_mask])
+                per_position = id_emb.new_zeros(B, L, D).masked_scatter(
+                    pool_mask.unsqueeze(-1), fused_rows.to(dtype))
+                fused = fused_rows[last] * has
+                gate_weights = weight_rows[last] * has
         elif self.fusion != "none" and self.fusion_level == "sequence":
             pooled, user_summary = self.pool(raw if raw is not None else rows, present, index,
                                              id_emb, pool_mask)
@@ -549,8 +572,11 @@ class PRISMLayer(nn.Module):
             # experts' input: it stays out of the cosine losses (their gradient at 0 is ~1/eps)
             has_items = pool_mask.any(dim=1) if self.pooling == "masked_mean" else None
             expert_outputs, aux_loss, terms = self.interaction_experts(pooled, with_aux, has_items)
-            fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
-            per_position = fused.unsqueeze(1)  # z, broadcast over the positions
+            if late:
+                deferred = (expert_outputs, pool_mask, False)
+            else:
+                fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
+                per_position = fused.unsqueeze(1)  # z, broadcast over the positions
         elif self.fusion != "none":  # item level: experts on each distinct real item
             if not torch.is_grad_enabled():  # evaluation: only the batch's items, not the catalogue
                 unique_ids, index = torch.unique(item_seq, return_inverse=True)
@@ -580,4 +606,32 @@ class PRISMLayer(nn.Module):
             add = add.expand(B, L, D) * mask
         else:  # only at the chosen positions (in place: no second [B, L, D] tensor)
             add = add.mul_(mask) if add.dtype == mask.dtype else add * mask
-        return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms)
+        return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms, deferred)
+
+    def fuse_state(self, deferred, state):
+        """``gate_input: backbone_state``: h' = h + z with w = softmax(MLP([h_1 ; ... ; h_K ; h]) / τ),
+        z = Σ_k w_k h_k.  ``state`` is the backbone's output, [B, D] (the last position) or
+        [B, L, D] (every position: causal, each position with its own prefix's experts).
+        Returns (h', z [B, D], w [B, K]), the last two at each sequence's last real position."""
+        outputs, pool_mask, per_position = deferred
+        if state.dim() == 3:
+            if not per_position:
+                raise RuntimeError("fuse_state got every position's state from a non-causal call")  # causal, every position: the experts of each real position
+            fused_rows, weight_rows = self.adaptive_fusion(outputs, state[pool_mask])
+            z = state.new_zeros(state.shape).masked_scatter(
+                pool_mask.unsqueeze(-1), fused_rows.to(state.dtype))
+            last, has = _last_real_rows(pool_mask)
+            has = has.to(state.dtype).unsqueeze(-1)
+            return state + z, fused_rows[last] * has, weight_rows[last] * has
+        if per_position:  # causal, the last position: its prefix is the whole sequence
+            last, has = _last_real_rows(pool_mask)
+            outputs = outputs[last] * has.to(outputs.dtype).view(-1, 1, 1)
+        fused, weights = self.adaptive_fusion(outputs, state)
+        return state + fused.to(state.dtype), fused, weights
+
+
+def _last_real_rows(pool_mask):
+    """For rows taken as ``x[pool_mask]`` ([T, ...]): the index of each sequence's last real
+    position among them, and whether the sequence has one ([B] each)."""
+    counts = pool_mask.sum(dim=1)
+    return (counts.cumsum(0) - 1).clamp(min=0), counts > 0
