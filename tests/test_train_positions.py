@@ -22,6 +22,7 @@ from prism_recbole.model.positions import (
     next_item_targets,
     per_position_sampled_loss,
     sampled_softmax_loss,
+    scored_targets,
 )
 from prism_recbole.model.prism_layer import PRISMLayer
 from prism_recbole.quick_start import build_model, load_data
@@ -67,13 +68,17 @@ def test_window_rows_keep_the_last_row_and_every_mth_before_it():
     assert window_rows(interleaved, 2).tolist() == [0, 3, 4]
 
 
-def test_windows_cover_every_training_target_once_and_never_a_held_out_one(data, tmp_path):
-    config = config_for("SASRec", data, tmp_path, train_positions="all")
+@pytest.mark.parametrize("stride", [None, 3, 1])
+def test_windows_cover_every_training_target_once_and_never_a_held_out_one(stride, data, tmp_path):
+    config = config_for("SASRec", data, tmp_path, train_positions="all", position_stride=stride)
     dataset, train_data, valid_data, test_data = load_data(config)
     inter = train_data.dataset.inter_feat
     uid, iid = dataset.uid_field, dataset.iid_field
-    targets = next_item_targets(inter[dataset.item_id_list_field], inter[dataset.item_list_length_field],
-                                inter[iid])
+    lengths = inter[dataset.item_list_length_field]
+    targets = scored_targets(inter[dataset.item_id_list_field], lengths, inter[iid], stride or M)
+    if stride is not None:  # a scored position has min(its index, M - S) items before it at least
+        positions = torch.arange(M).expand_as(targets)
+        assert ((positions >= M - stride) | (targets == 0) | (lengths < M).unsqueeze(1)).all()
     seen = {}
     for u, row in zip(inter[uid].tolist(), targets.tolist()):
         seen.setdefault(u, []).extend(i for i in row if i > 0)
@@ -91,7 +96,17 @@ def test_windows_cover_every_training_target_once_and_never_a_held_out_one(data,
         assert not set(held_out[u]) & set(seen[u]) or len(set(ids)) < len(ids)
     # and the prefix mode keeps one row per training target
     last = load_data(config_for("SASRec", data, tmp_path))[1].dataset.inter_feat
-    assert len(last) == sum(len(v) for v in seen.values()) > len(inter)
+    assert len(last) == sum(len(v) for v in seen.values())
+    assert len(inter) == len(last) if stride == 1 else len(inter) < len(last)  # stride 1: every row
+
+
+def test_with_a_stride_only_the_last_positions_are_scored():
+    seq = torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11], [3, 0, 0, 0]])
+    lengths = torch.tensor([3, 4, 1])
+    last = torch.tensor([12, 13, 4])
+    assert scored_targets(seq, lengths, last, 2).tolist() == [
+        [0, 7, 12, 0], [0, 0, 11, 13], [4, 0, 0, 0]]
+    assert scored_targets(seq, lengths, last, 4).tolist() == next_item_targets(seq, lengths, last).tolist()
 
 
 def test_targets_are_the_next_items_on_a_hand_made_history():
@@ -214,6 +229,10 @@ def test_bad_options_name_the_option(data, tmp_path):
         _, train_data, _, _ = load_data(config)
         with pytest.raises(ValueError, match=key):
             build_model(config, train_data)
+    for stride in (M + 1, 0, "half"):  # checked when the windows are cut
+        config = config_for("SASRec", data, tmp_path, train_positions="all", position_stride=stride)
+        with pytest.raises(ValueError, match="position_stride"):
+            load_data(config)
 
 
 def test_last_mode_is_unchanged(data, tmp_path):

@@ -18,6 +18,14 @@ and test rows are untouched, so evaluation is RecBole's leave-one-out full ranki
 and no validation or test target is ever a training target (they come after every training
 row).  What differs from the prefix rows: a position j of a long user's window sees j + 1 items
 of context, not up to M (as in the original SASRec's and the PRISM authors' training).
+
+``position_stride: S`` (1 <= S <= M; default M) keeps every S-th row instead, and the model
+scores only the last S positions of each window (every position of a window no longer than S:
+the user's first): each training target is still scored exactly once, with at least M - S items
+of context once the history is longer than M, at the cost of about M / S times the windows.
+Row k's list holds min(k + 1, M) items; the kept rows are k = K - 1, K - 1 - S, ...; the first
+one, k_0 = (K - 1) % S < S, holds at most S items and covers targets 0 .. k_0, and each later
+row k covers (k - S, k] with its last S positions.
 """
 import numpy as np
 import torch
@@ -37,9 +45,27 @@ def train_positions_option(config):
     return value
 
 
+def position_stride_option(config):
+    """``position_stride`` S (1 .. MAX_ITEM_LIST_LENGTH); ~ means MAX_ITEM_LIST_LENGTH."""
+    max_len = int(config["MAX_ITEM_LIST_LENGTH"])
+    value = config["position_stride"] if "position_stride" in config else None
+    if value is None:
+        return max_len
+    try:
+        stride = int(value)
+    except (TypeError, ValueError):
+        stride = 0
+    if str(stride) != str(value).strip() or not 1 <= stride <= max_len:
+        raise ValueError(
+            f"option position_stride must be an integer from 1 to MAX_ITEM_LIST_LENGTH "
+            f"({max_len}), or ~; got {value!r}"
+        )
+    return stride
+
+
 def window_rows(user_ids, max_len):
     """Indices of the rows to keep: per user (rows in time order), the last row and every
-    ``max_len``-th row before it."""
+    ``max_len``-th row (the stride) before it."""
     user_ids = np.asarray(user_ids)
     order = np.argsort(user_ids, kind="stable")  # users grouped, time order kept inside
     sorted_users = user_ids[order]
@@ -58,11 +84,13 @@ class AllPositionsDatasetMixin:
         if train_positions_option(self.config) != "all":
             return datasets
         train = datasets[0]
-        keep = window_rows(train.inter_feat[self.uid_field].numpy(), self.max_item_list_len)
+        stride = position_stride_option(self.config)
+        keep = window_rows(train.inter_feat[self.uid_field].numpy(), stride)
         datasets[0] = train.copy(train.inter_feat[torch.as_tensor(keep)])
         self.logger.info(
             f"train_positions: all: {len(keep)} training windows of up to "
-            f"{self.max_item_list_len} positions (from {len(train.inter_feat)} prefix rows)"
+            f"{self.max_item_list_len} positions, stride {stride} "
+            f"(from {len(train.inter_feat)} prefix rows)"
         )
         return datasets
 

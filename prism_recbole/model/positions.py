@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from prism_recbole.data.positions import train_positions_option
+from prism_recbole.data.positions import position_stride_option, train_positions_option
 
 # RecBole backbones whose forward is causal and ends with gather_indexes(output, len - 1)
 ALL_POSITIONS_BACKBONES = ("SASRec", "GRU4Rec", "SASRecF", "FDSA")
@@ -142,6 +142,17 @@ def next_item_targets(item_seq, item_seq_len, last_target):
     return targets.scatter(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1), last_target.unsqueeze(1))
 
 
+def scored_targets(item_seq, item_seq_len, last_target, stride):
+    """:func:`next_item_targets` with only the last ``stride`` real positions of each row
+    scored (0 elsewhere): with ``position_stride`` S < M the earlier positions of a window
+    were scored by the window before it (see :mod:`prism_recbole.data.positions`)."""
+    targets = next_item_targets(item_seq, item_seq_len, last_target)
+    if stride >= item_seq.shape[1]:
+        return targets
+    positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+    return targets.masked_fill(positions.unsqueeze(0) < (item_seq_len - stride).unsqueeze(1), 0)
+
+
 def _option(config, key, default=None):
     value = config[key] if key in config else None
     return default if value is None else value
@@ -153,6 +164,7 @@ class AllPositionsMixin:
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.train_positions = train_positions_option(config)
+        self.position_stride = position_stride_option(config)
         loss = _option(config, "position_loss")
         if loss is None:
             loss = "bce" if str(config["loss_type"]).upper() == "BPR" else "ce"
@@ -202,7 +214,7 @@ class AllPositionsMixin:
         """log q(i): item i's share of the training targets (every position of the windows)."""
         inter = dataset.inter_feat
         seq, seq_len, last = inter[self.ITEM_SEQ], inter[self.ITEM_SEQ_LEN], inter[self.ITEM_ID]
-        targets = next_item_targets(seq, seq_len, last)
+        targets = scored_targets(seq, seq_len, last, self.position_stride)
         counts = torch.bincount(targets[targets > 0], minlength=self.n_items).float()
         return torch.log((counts + 1.0) / (counts.sum() + self.n_items))  # add-one: no log 0
 
@@ -230,7 +242,8 @@ class AllPositionsMixin:
                 f"{type(self).__name__}: train_positions: all expects the backbone's forward to "
                 f"end with gather_indexes(output, item_seq_len - 1); got output {tuple(output.shape)}"
             )
-        targets = next_item_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
+        targets = scored_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID],
+                                 self.position_stride)
         real = targets > 0
         return self.positions_loss(output[real], targets[real])
 
