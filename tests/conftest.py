@@ -61,6 +61,16 @@ def write_dataset(root, name="tiny", n_users=30, n_items=24, seed=0, item_rows=N
     return str(root)
 
 
+def small_prism_tables(n=30, seed=0):
+    """Two random modality tables (6- and 5-d) for n item rows, items 3..6 missing the second,
+    and the layer options the hand-check tests share (hidden size 8)."""
+    torch.manual_seed(seed)
+    tables = [torch.randn(n, 6), torch.randn(n, 5)]
+    missing = [torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]
+    missing[1][3:7] = True
+    return tables, missing, dict(hidden_size=8, expert_hidden=16, gate_dropout=0.0)
+
+
 def tiny_config(data_path, checkpoint_dir, **overrides):
     config = {
         "data_path": data_path,

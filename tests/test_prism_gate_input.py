@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import tiny_config, write_dataset
+from conftest import small_prism_tables, tiny_config, write_dataset
 
 import run_recbole
 from prism_recbole.config import Config
@@ -29,12 +29,8 @@ def config_for(model, data_path, tmp_path, **extra):
 
 
 def layers(causal):
-    torch.manual_seed(0)
-    n, D = 30, 8
-    tables = [torch.randn(n, 6), torch.randn(n, 5)]
-    missing = [torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]
-    missing[1][3:7] = True
-    common = dict(hidden_size=D, expert_hidden=16, gate_dropout=0.0)
+    tables, missing, common = small_prism_tables()
+    D = common["hidden_size"]
     late = PRISMLayer(tables, missing, causal=causal, gate_input="backbone_state", **common).eval()
     early = PRISMLayer(tables, missing, causal=causal, **common).eval()
     early.load_state_dict(late.state_dict())

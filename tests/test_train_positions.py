@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import tiny_config, write_dataset
+from conftest import small_prism_tables, tiny_config, write_dataset
 
 import run_recbole
 from prism_recbole.config import Config
@@ -151,12 +151,8 @@ def test_items_after_t_change_no_output_up_to_t(name, data, tmp_path):
 
 
 def test_causal_prism_at_t_equals_the_last_mode_on_the_prefix():
-    torch.manual_seed(0)
-    n, D = 30, 8
-    tables = [torch.randn(n, 6), torch.randn(n, 5)]
-    missing = [torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]
-    missing[1][3:7] = True
-    common = dict(hidden_size=D, expert_hidden=16, gate_dropout=0.0)
+    tables, missing, common = small_prism_tables()
+    D = common["hidden_size"]
     causal = PRISMLayer(tables, missing, causal=True, **common).eval()
     last = PRISMLayer(tables, missing, **common).eval()
     last.load_state_dict(causal.state_dict())
