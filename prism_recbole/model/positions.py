@@ -52,18 +52,26 @@ def _ce_chunk(h, weight, y):
     return F.cross_entropy(h @ weight.t(), y, reduction="sum")
 
 
-def chunked_cross_entropy(h, weight, y, chunk_size):
-    """Σ_t CE(h_t W^T, y_t) / T, ``chunk_size`` rows at a time; with gradients each chunk is
-    recomputed in the backward pass (checkpointing), so at most one chunk's logits
-    [chunk, n] are alive at any time."""
+def checkpointed_chunk_mean(chunk_sum, h, weight, per_row, chunk_size, *fixed):
+    """(1/T) Σ over chunks of ``chunk_sum(*fixed, h_c, weight, *per_row_c)`` (a chunk's summed
+    loss), ``chunk_size`` rows of h [T, D] and of each ``per_row`` tensor at a time; with
+    gradients each chunk is recomputed in the backward pass (checkpointing), so only one
+    chunk's intermediates (logits, gathered vectors) are alive at any time."""
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, h.shape[0], chunk_size):
-        hc, yc = h[start:start + chunk_size], y[start:start + chunk_size]
-        if torch.is_grad_enabled() and (hc.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_ce_chunk, hc, weight, yc, use_reentrant=False)
+        rows = slice(start, start + chunk_size)
+        args = (*fixed, h[rows], weight, *(t[rows] for t in per_row))
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            total = total + checkpoint(chunk_sum, *args, use_reentrant=False)
         else:
-            total = total + _ce_chunk(hc, weight, yc)
+            total = total + chunk_sum(*args)
     return total / max(h.shape[0], 1)
+
+
+def chunked_cross_entropy(h, weight, y, chunk_size):
+    """Σ_t CE(h_t W^T, y_t) / T, ``chunk_size`` rows at a time, checkpointed: at most one
+    chunk's logits [chunk, n] are alive at any time."""
+    return checkpointed_chunk_mean(_ce_chunk, h, weight, (y,), chunk_size)
 
 
 def negative_logits(h, neg_emb):
@@ -121,15 +129,8 @@ def per_position_sampled_loss(loss_name, h, weight, y, neg, chunk_size, beta=Non
     """Mean over positions of ``sampled_softmax`` or ``gbce`` with negatives ``neg`` [T, N]
     (one set per position), ``chunk_size`` positions at a time; with gradients each chunk's
     [chunk, N, D] gather is recomputed in the backward pass instead of being kept."""
-    total = h.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.shape[0], chunk_size):
-        args = (h[start:start + chunk_size], weight, y[start:start + chunk_size],
-                neg[start:start + chunk_size])
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_per_position_chunk, loss_name, beta, *args, use_reentrant=False)
-        else:
-            total = total + _per_position_chunk(loss_name, beta, *args)
-    return total / max(h.shape[0], 1)
+    return checkpointed_chunk_mean(_per_position_chunk, h, weight, (y, neg), chunk_size,
+                                   loss_name, beta)
 
 
 def next_item_targets(item_seq, item_seq_len, last_target):

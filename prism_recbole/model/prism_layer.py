@@ -614,9 +614,9 @@ class PRISMLayer(nn.Module):
         [B, L, D] (every position: causal, each position with its own prefix's experts).
         Returns (h', z [B, D], w [B, K]), the last two at each sequence's last real position."""
         outputs, pool_mask, per_position = deferred
-        if state.dim() == 3:
+        if state.dim() == 3:  # causal, every position: the experts of each real position
             if not per_position:
-                raise RuntimeError("fuse_state got every position's state from a non-causal call")  # causal, every position: the experts of each real position
+                raise RuntimeError("fuse_state got every position's state from a non-causal call")
             fused_rows, weight_rows = self.adaptive_fusion(outputs, state[pool_mask])
             z = state.new_zeros(state.shape).masked_scatter(
                 pool_mask.unsqueeze(-1), fused_rows.to(state.dtype))
