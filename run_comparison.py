@@ -4,6 +4,12 @@
     python run_comparison.py --models PRISM_SASRec SASRec GRU4Rec --seeds 2020 2021 2022
     python run_comparison.py --models SASRec "PRISM_SASRec:prism_fusion=none" --epochs=20
     python run_comparison.py --dataset=amazon-beauty --metric=test:hit@10 --reference SASRec
+    python run_comparison.py --dataset=toys --models "none=PRISM_SASRec:prism_fusion=none" --resume
+
+A spec ``LABEL=MODEL:key=value,...`` names its row LABEL (else the row is the spec itself).
+Every finished run is appended to <out>/<name>-runs.jsonl; ``--resume`` reads it first, skips
+the (label, seed) runs found there and keeps its other rows in the table, so several
+invocations (more seeds for some models, a model added later) build one table.
 
 Every model gets the same config files (configs/<dataset>.yaml unless --config_files) and the
 same --key=value options, so data, split and metrics are shared; a model spec
@@ -22,7 +28,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODELS = ["PRISM_SASRec", "SASRec", "GRU4Rec", "BERT4Rec", "SASRecF_MM", "FDSA_MM", "MMSR"]
 OWN_FLAGS = {"--models", "--dataset", "--config_files", "--seeds", "--metric", "--reference",
-             "--out", "--name"}
+             "--out", "--name", "--resume"}
 
 
 def build_parser():
@@ -39,6 +45,9 @@ def build_parser():
                         help="a model spec from --models: adds the change against it (%%)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--name", default=None, help="file name stem (default: comparison-<dataset>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="read <out>/<name>-runs.jsonl: skip the runs logged there, keep "
+                             "its other rows in the table")
     return parser
 
 
@@ -99,8 +108,11 @@ def main(argv=None):
 
     # all models with the first seed, then the next seed ...; the tables are rewritten after
     # every run, so an interrupted comparison still leaves a table of what finished
+    runs_log = os.path.join(args.out, f"{name}-runs.jsonl")
+    if not args.resume and os.path.isfile(runs_log):
+        os.replace(runs_log, runs_log + ".old")  # a fresh comparison starts a fresh log
     results = run_variants(variants, args.dataset, args.seeds, config_files, seed_major=True,
-                           on_update=write)
+                           on_update=write, runs_log=runs_log, resume=args.resume)
     rows, table, md_path, csv_path, png_path = write(results)
     print()
     print(table)

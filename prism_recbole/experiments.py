@@ -45,20 +45,86 @@ def _mean_std(values):
     return float(statistics.mean(values)), float(statistics.stdev(values))
 
 
+RUN_KEYS = ("best_valid_result", "test_result", "n_params", "epoch_times", "wall_s", "seed",
+            "checkpoint")
+
+
+def read_runs_log(path):
+    """The runs of a ``--runs_log`` JSON-lines file -> list of :class:`VariantResult` (in the
+    order their labels first appear).  A line that is not a run ends in an error naming it."""
+    import json
+
+    results = {}
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                variant = Variant(record["label"], record["model"], dict(record["options"]))
+                run = {key: record[key] for key in RUN_KEYS if key in record}
+                run["best_valid_result"], run["test_result"], run["seed"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}, line {number}: not a run of run_comparison "
+                                 f"({type(err).__name__}: {err})") from None
+            result = results.setdefault(variant.label, VariantResult(variant))
+            if (result.variant.model, result.variant.options) != (variant.model, variant.options):
+                raise ValueError(f"{path}, line {number}: label {variant.label!r} was logged "
+                                 f"before with other options ({result.variant.model} "
+                                 f"{result.variant.options}); use another label")
+            result.runs = [r for r in result.runs if r["seed"] != run["seed"]] + [run]
+    return list(results.values())
+
+
+def append_run(path, variant, run):
+    """Append one finished run to the JSON-lines log (one line, flushed)."""
+    import json
+
+    record = {"label": variant.label, "model": variant.model, "options": variant.options}
+    record.update({key: run[key] for key in RUN_KEYS if key in run})
+    for key in ("best_valid_result", "test_result"):
+        record[key] = {name: float(value) for name, value in record[key].items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def run_variants(variants, dataset, seeds, config_file_list=None, config_dict=None,
-                 echo=print, seed_major=False, on_update=None):
+                 echo=print, seed_major=False, on_update=None, runs_log=None, resume=False):
     """Run every variant with every seed; returns a list of :class:`VariantResult`.
 
     ``seed_major``: run all variants with the first seed, then all with the second, ... (an
     interrupted run then still has every variant with the first seeds).  ``on_update(results)``
     is called after every single run (e.g. to rewrite the tables).  A variant that fails is not
-    run again with the other seeds.
+    run again with the other seeds.  ``runs_log``: a JSON-lines file to which every finished
+    run is appended; with ``resume`` its runs are read first, a (label, seed) found there is
+    not run again, and its other labels stay in the results (so several invocations build one
+    table).  A label logged with other options than now is an error.
     """
     from prism_recbole.quick_start import run
 
     results = [VariantResult(variant) for variant in variants]
+    wanted = {variant.label for variant in variants}  # a label only in the log is not run again
+    if resume and runs_log:
+        logged = read_runs_log(runs_log)
+        by_label = {res.variant.label: res for res in logged}
+        for i, variant in enumerate(variants):
+            old = by_label.pop(variant.label, None)
+            if old is None:
+                continue
+            if (old.variant.model, old.variant.options) != (variant.model, variant.options):
+                raise ValueError(f"{runs_log}: label {variant.label!r} was run with "
+                                 f"{old.variant.model} {old.variant.options}, now "
+                                 f"{variant.model} {variant.options}; use another label")
+            results[i].runs = old.runs
+        results = [res for res in logged if res.variant.label in by_label] + results
+        variants = [res.variant for res in results]
     order = ([(v, s) for s in seeds for v in range(len(variants))] if seed_major
              else [(v, s) for v in range(len(variants)) for s in seeds])
+    order = [(v, s) for v, s in order if variants[v].label in wanted
+             and not any(run["seed"] == s for run in results[v].runs)]
     for step, (index, seed) in enumerate(order, start=1):
         variant, result = variants[index], results[index]
         if result.errors:
@@ -81,6 +147,8 @@ def run_variants(variants, dataset, seeds, config_file_list=None, config_dict=No
             out["wall_s"] = time.perf_counter() - start
             out["seed"] = seed
             result.runs.append(out)
+            if runs_log:
+                append_run(runs_log, variant, out)
         if on_update is not None:
             on_update(results)
     return results
@@ -118,6 +186,9 @@ def summarize(results, reference=None):
                     )
         epoch_times = [t for run in res.runs for t in run.get("epoch_times", [])]
         row["s/epoch"] = statistics.mean(epoch_times) if epoch_times else math.nan
+        # training time of a run to early stopping (validation not counted), mean over seeds
+        train_s = [sum(run["epoch_times"]) for run in res.runs if run.get("epoch_times")]
+        row["train s"] = statistics.mean(train_s) if train_s else math.nan
         row["params"] = res.runs[0]["n_params"] if res.runs else math.nan
         rows.append(row)
     return rows, metric_names
@@ -141,7 +212,7 @@ def markdown_table(rows, metric_names, reference=None, splits=("valid", "test"),
             header.append(f"{split} {name}")
             if reference:
                 header.append(f"Δ {split} {name}")
-    header += ["s/epoch", "params", "status"]
+    header += ["s/epoch", "train s", "params", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["variant"], row["options"] or "(defaults)", str(row["seeds"])]
@@ -152,7 +223,7 @@ def markdown_table(rows, metric_names, reference=None, splits=("valid", "test"),
                 if reference:
                     delta = row.get(f"{split} {name} vs {reference} %", math.nan)
                     cells.append("-" if math.isnan(delta) else f"{delta:+.1f} %")
-        cells += [_fmt(row["s/epoch"], 1), _fmt(row["params"], 0) if isinstance(row["params"], float) else str(row["params"]), row["status"]]
+        cells += [_fmt(row["s/epoch"], 1), _fmt(row.get("train s", math.nan), 0), _fmt(row["params"], 0) if isinstance(row["params"], float) else str(row["params"]), row["status"]]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -185,17 +256,23 @@ def write_tables(rows, metric_names, out_dir, name, reference=None, metrics=None
 
 
 def parse_model_spec(spec):
-    """``"PRISM_SASRec"`` or ``"PRISM_SASRec:prism_fusion=none,prism_margin=0.5"`` -> Variant.
+    """``"PRISM_SASRec"``, ``"PRISM_SASRec:prism_fusion=none,prism_margin=0.5"`` or
+    ``"none=PRISM_SASRec:prism_fusion=none"`` -> Variant.
 
-    Option values are read like YAML (``true`` -> True, ``0.5`` -> 0.5, ``[a, b]`` -> list);
-    the label is the spec itself, so the same model may appear with several option sets.
+    Option values are read like YAML (``true`` -> True, ``0.5`` -> 0.5, ``[a, b]`` -> list).
+    The label is ``LABEL`` of a ``LABEL=MODEL:...`` spec, else the spec itself, so the same
+    model may appear with several option sets.
     """
-    model, _, rest = spec.partition(":")
-    model = model.strip()
-    if not model:
-        raise ValueError(f"model spec {spec!r} has no model name")
+    head, _, rest = spec.partition(":")
+    label, sep, model = head.partition("=")
+    if not sep:
+        label, model = spec, head
+    label, model = label.strip(), model.strip()
+    if not model or not label:
+        raise ValueError(f"model spec {spec!r} has no model name" if not model
+                         else f"model spec {spec!r} has an empty label before '='")
     options = parse_options(_split_options(rest), f"model spec {spec!r}") if rest else {}
-    return Variant(spec, model, options, "")
+    return Variant(label, model, options, "")
 
 
 def parse_options(items, where):

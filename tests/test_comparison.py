@@ -104,3 +104,63 @@ def test_interrupted_comparison_leaves_the_table_of_finished_runs(tmp_path, tiny
         table = list(csv.DictReader(f))
     assert [(r["variant"], r["seeds"], r["status"]) for r in table] == [("SASRec", "1", "ok"), ("GRU4Rec", "1", "ok")]
     assert "seeds 1)" in (tmp_path / "out" / "comparison-tiny.md").read_text()
+
+
+def test_labels_and_resume_build_one_table_from_several_invocations(tmp_path, tiny, monkeypatch):
+    """An interrupted comparison resumed with --resume runs only what is missing (the logged
+    runs are not run again and give the same numbers), a second invocation adds seeds and a
+    model to the same table, and a label reused with other options is an error."""
+    import prism_recbole.quick_start as quick_start
+
+    spec = parse_model_spec("none=PRISM_SASRec:prism_fusion=none")
+    assert (spec.label, spec.model, spec.options) == ("none", "PRISM_SASRec", {"prism_fusion": "none"})
+    with pytest.raises(ValueError, match="empty label"):
+        parse_model_spec("=SASRec")
+
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
+    real_run, calls = quick_start.run, []
+
+    def counting_run(**kwargs):
+        calls.append((kwargs["model"], kwargs["config_dict"]["seed"]))
+        if len(calls) == 2 and stop_at_second:
+            raise KeyboardInterrupt
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(quick_start, "run", counting_run)
+    out = tmp_path / "out"
+    base = ["--dataset=tiny", f"--config_files={config_file}", "--out", str(out)]
+
+    def invoke(*extra):
+        argv = base + list(extra)
+        monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
+        return run_comparison.main(argv)
+
+    stop_at_second = True
+    with pytest.raises(KeyboardInterrupt):
+        invoke("--seeds", "1", "--models", "sas=SASRec", "gru=GRU4Rec")
+    stop_at_second = False
+    first = calls[:]
+    rows = invoke("--seeds", "1", "--models", "sas=SASRec", "gru=GRU4Rec", "--resume")
+    assert calls[len(first):] == [("GRU4Rec", 1)]  # SASRec seed 1 came from the log
+    assert [(r["variant"], r["seeds"]) for r in rows] == [("sas", 1), ("gru", 1)]
+    sas_seed1 = rows[0]["test ndcg@10"]
+    assert rows[0]["train s"] > 0
+
+    calls.clear()
+    rows = invoke("--seeds", "1", "2", "--models", "sas=SASRec", "--resume")
+    assert calls == [("SASRec", 2)]
+    assert [(r["variant"], r["seeds"]) for r in rows] == [("gru", 1), ("sas", 2)]
+    single2 = real_run(model="SASRec", dataset="tiny", config_file_list=[str(config_file)],
+                       config_dict={"seed": 2})["test_result"]["ndcg@10"]
+    assert rows[1]["test ndcg@10"] == pytest.approx((sas_seed1 + single2) / 2)
+
+    with pytest.raises(ValueError, match="label 'sas' was run with SASRec"):
+        invoke("--seeds", "1", "--models", "sas=SASRec:hidden_size=8", "--resume")
+    # without --resume a comparison starts a fresh log
+    calls.clear()
+    rows = invoke("--seeds", "1", "--models", "sas=SASRec")
+    assert calls == [("SASRec", 1)] and [r["variant"] for r in rows] == ["sas"]
+    (out / "comparison-tiny-runs.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match="comparison-tiny-runs.jsonl, line 1"):
+        invoke("--seeds", "1", "--models", "sas=SASRec", "--resume")
