@@ -59,9 +59,11 @@ def main(argv=None):
     # our own flags are not RecBole options: keep only --key=value items for RecBole's Config
     own = {"--model", "--dataset", "--config_files", "--seeds", "--variants", "--out",
            "--add_variant"}
-    from prism_recbole.cli import recbole_argv
+    from prism_recbole.cli import shared_options
 
-    sys.argv = recbole_argv(argv if argv is not None else sys.argv[1:], own)
+    # shared options go in under each variant's own (see prism_recbole.cli.shared_options)
+    shared = shared_options(argv if argv is not None else sys.argv[1:], own)
+    sys.argv = sys.argv[:1]
     extra = [_parse_extra_variant(spec, parser) for spec in args.add_variant]
 
     from prism_recbole.experiments import Variant, run_variants, summarize, write_tables
@@ -72,7 +74,7 @@ def main(argv=None):
                 for label in args.variants]
     variants += [Variant(label, args.model, options, ", ".join(f"{k}={v}" for k, v in options.items()))
                  for label, options in extra]
-    results = run_variants(variants, args.dataset, args.seeds, config_files)
+    results = run_variants(variants, args.dataset, args.seeds, config_files, config_dict=shared)
     rows, metric_names = summarize(results, reference="full")
     name = f"ablation-{args.model}-{args.dataset}"
     key_metrics = [m for m in ("hit@10", "ndcg@10", "mrr@10") if m in metric_names] or metric_names

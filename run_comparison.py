@@ -13,7 +13,8 @@ invocations (more seeds for some models, a model added later) build one table.
 
 Every model gets the same config files (configs/<dataset>.yaml unless --config_files) and the
 same --key=value options, so data, split and metrics are shared; a model spec
-``MODEL:key=value,key=value`` adds options to that model only (e.g. an ablation row).  Writes
+``MODEL:key=value,key=value`` adds options to that model only (e.g. an ablation row), and they
+win over a shared option of the same name.  Writes
 <out>/comparison-<dataset>.md (every metric on test and on valid: mean ± std over seeds,
 training time per epoch, parameters), .csv (the same plus the std columns) and a bar chart
 .png of --metric, and prints the table.  A model that fails is reported in the table with its
@@ -72,10 +73,12 @@ def main(argv=None):
     parser = build_parser()
     args, _ = parser.parse_known_args(argv)
     raw = argv if argv is not None else sys.argv[1:]
-    # our own flags are not RecBole options: keep only --key=value items for RecBole's Config
-    from prism_recbole.cli import recbole_argv
+    # our own flags are not RecBole options; the --key=value items are shared by every model
+    # and go in as config_dict, under each model's own options (prism_recbole.cli.shared_options)
+    from prism_recbole.cli import shared_options
 
-    sys.argv = recbole_argv(raw, OWN_FLAGS)
+    shared = shared_options(raw, OWN_FLAGS)
+    sys.argv = sys.argv[:1]
 
     from prism_recbole.experiments import (markdown_table, parse_model_spec, plot_metric,
                                            run_variants, summarize, write_tables)
@@ -111,7 +114,8 @@ def main(argv=None):
     runs_log = os.path.join(args.out, f"{name}-runs.jsonl")
     if not args.resume and os.path.isfile(runs_log):
         os.replace(runs_log, runs_log + ".old")  # a fresh comparison starts a fresh log
-    results = run_variants(variants, args.dataset, args.seeds, config_files, seed_major=True,
+    results = run_variants(variants, args.dataset, args.seeds, config_files, config_dict=shared,
+                           seed_major=True,
                            on_update=write, runs_log=runs_log, resume=args.resume)
     rows, table, md_path, csv_path, png_path = write(results)
     print()

@@ -32,15 +32,43 @@ def recbole_argv(argv, own_flags):
                             if a.startswith("--") and "=" in a and a.split("=")[0] not in own_flags]
 
 
-def config_overrides(parser, extra):
-    """``--key=value`` arguments after a command's known ones (``parse_known_args``): options
-    overriding a checkpoint's stored config, values read as YAML."""
+def read_value(text):
+    """One option value as YAML reads it (``true`` -> True, ``[a, b]`` -> list), and a number
+    that YAML 1.1 leaves a string (``1e-3``) as the number."""
     import yaml
 
+    value = yaml.safe_load(text) if text else ""
+    if isinstance(value, str) and value:
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def config_overrides(parser, extra):
+    """``--key=value`` arguments after a command's known ones (``parse_known_args``): options
+    overriding a checkpoint's stored config, values read by :func:`read_value`."""
     options = {}
     for item in extra:
         if not item.startswith("--") or "=" not in item:
             parser.error(f"unrecognized argument {item!r} (options are given as --key=value)")
         key, value = item[2:].split("=", 1)
-        options[key] = yaml.safe_load(value) if value else ""
+        options[key] = read_value(value)
+    return options
+
+
+def shared_options(argv, own_flags):
+    """The ``--key=value`` items of ``argv`` that are not the command's own flags, as a dict
+    (values by :func:`read_value`).  Commands that run several variants pass these to RecBole
+    as ``config_dict`` under each variant's own options, not on ``sys.argv``: RecBole gives
+    command-line options priority over ``config_dict``, so a shared option there would
+    silently override a variant's own value of it."""
+    options = {}
+    for item in argv:
+        if item.startswith("--") and "=" in item:
+            key, value = item[2:].split("=", 1)
+            if "--" + key not in own_flags:
+                options[key] = read_value(value)
     return options

@@ -279,7 +279,7 @@ def parse_options(items, where):
     """``["key=value", ...]`` -> ``{key: value}``, values read like YAML (``true`` -> True,
     ``0.5`` -> 0.5, ``[a, b]`` -> list); a leading ``--`` on a key is dropped.  ``where`` names
     the argument in the error."""
-    import yaml
+    from prism_recbole.cli import read_value
 
     options = {}
     for item in items:
@@ -287,7 +287,7 @@ def parse_options(items, where):
         key = key.strip().lstrip("-")
         if not sep or not key:
             raise ValueError(f"{where}: {item!r} is not key=value")
-        options[key] = yaml.safe_load(value.strip())
+        options[key] = read_value(value.strip())
     return options
 
 

@@ -164,3 +164,30 @@ def test_labels_and_resume_build_one_table_from_several_invocations(tmp_path, ti
     (out / "comparison-tiny-runs.jsonl").write_text("not json\n")
     with pytest.raises(ValueError, match="comparison-tiny-runs.jsonl, line 1"):
         invoke("--seeds", "1", "--models", "sas=SASRec", "--resume")
+
+
+def test_a_models_own_option_wins_over_a_shared_one(tmp_path, tiny, monkeypatch):
+    """RecBole gives command-line options priority over config_dict: a shared --key=value must
+    not silently replace a model spec's own value of that key (it once did)."""
+    import prism_recbole.quick_start as quick_start
+
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(dict(tiny, epochs=1)))
+    seen, real_run = {}, quick_start.run
+
+    def recording_run(**kwargs):
+        out = real_run(**kwargs)
+        seen[kwargs["config_dict"].get("hidden_size")] = out["n_params"]
+        return out
+
+    monkeypatch.setattr(quick_start, "run", recording_run)
+    argv = ["--dataset=tiny", f"--config_files={config_file}", "--seeds", "1", "--out",
+            str(tmp_path / "out"), "--hidden_size=8", "--learning_rate=1e-3",
+            "--models", "small=SASRec", "big=SASRec:hidden_size=16"]
+    monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
+    rows = run_comparison.main(argv)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert set(seen) == {8, 16} and rows[1]["params"] > rows[0]["params"]
+    from prism_recbole.cli import read_value
+
+    assert read_value("1e-3") == 0.001 and read_value("[attrs]") == ["attrs"] and read_value("x") == "x"
