@@ -29,7 +29,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODELS = ["PRISM_SASRec", "SASRec", "GRU4Rec", "BERT4Rec", "SASRecF_MM", "FDSA_MM", "MMSR"]
 OWN_FLAGS = {"--models", "--dataset", "--config_files", "--seeds", "--metric", "--reference",
-             "--out", "--name", "--resume"}
+             "--out", "--name", "--resume", "--table_metrics"}
 
 
 def build_parser():
@@ -46,6 +46,9 @@ def build_parser():
                         help="a model spec from --models: adds the change against it (%%)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--name", default=None, help="file name stem (default: comparison-<dataset>)")
+    parser.add_argument("--table_metrics", nargs="+", default=None,
+                        help="metrics of the Markdown table, e.g. hit@10 ndcg@10 ndcg@20 "
+                             "(default: every metric; the CSV always has every metric)")
     parser.add_argument("--resume", action="store_true",
                         help="read <out>/<name>-runs.jsonl: skip the runs logged there, keep "
                              "its other rows in the table")
@@ -97,12 +100,21 @@ def main(argv=None):
 
     def write(results):
         rows, metric_names = summarize(results, reference=args.reference)
+        shown = None
+        if args.table_metrics:
+            shown = [m.lower() for m in args.table_metrics]
+            unknown = [m for m in shown if metric_names and m not in metric_names]
+            if unknown:
+                raise ValueError(f"--table_metrics {' '.join(unknown)}: not a metric of these "
+                                 f"runs ({' '.join(metric_names)})")
         done = sorted({run["seed"] for res in results for run in res.runs})
         seeds = " ".join(str(s) for s in done) or "none finished"
         table = (f"### Test (mean ± std over seeds {seeds})\n\n"
-                 + markdown_table(rows, metric_names, args.reference, splits=("test",))
+                 + markdown_table(rows, metric_names, args.reference, splits=("test",),
+                                  metrics=shown)
                  + "\n### Valid (best epoch by valid_metric)\n\n"
-                 + markdown_table(rows, metric_names, args.reference, splits=("valid",)))
+                 + markdown_table(rows, metric_names, args.reference, splits=("valid",),
+                                  metrics=shown))
         table, md_path, csv_path = write_tables(rows, metric_names, args.out, name,
                                                 reference=args.reference, table=table)
         png_path = plot_metric(rows, column, os.path.join(args.out, f"{name}.png"),

@@ -183,10 +183,14 @@ def test_a_models_own_option_wins_over_a_shared_one(tmp_path, tiny, monkeypatch)
     monkeypatch.setattr(quick_start, "run", recording_run)
     argv = ["--dataset=tiny", f"--config_files={config_file}", "--seeds", "1", "--out",
             str(tmp_path / "out"), "--hidden_size=8", "--learning_rate=1e-3",
-            "--models", "small=SASRec", "big=SASRec:hidden_size=16"]
+            "--models", "small=SASRec", "big=SASRec:hidden_size=16", "--table_metrics", "NDCG@10"]
     monkeypatch.setattr(sys, "argv", ["run_comparison.py"] + argv)
     rows = run_comparison.main(argv)
     assert [r["status"] for r in rows] == ["ok", "ok"]
+    md = (tmp_path / "out" / "comparison-tiny.md").read_text()
+    assert "test ndcg@10" in md and "valid ndcg@10" in md and "hit@10" not in md
+    with open(tmp_path / "out" / "comparison-tiny.csv") as f:
+        assert "test hit@10" in next(csv.reader(f))  # the CSV keeps every metric
     assert set(seen) == {8, 16} and rows[1]["params"] > rows[0]["params"]
     from prism_recbole.cli import read_value
 
