@@ -65,10 +65,5 @@ def shared_options(argv, own_flags):
     as ``config_dict`` under each variant's own options, not on ``sys.argv``: RecBole gives
     command-line options priority over ``config_dict``, so a shared option there would
     silently override a variant's own value of it."""
-    options = {}
-    for item in argv:
-        if item.startswith("--") and "=" in item:
-            key, value = item[2:].split("=", 1)
-            if "--" + key not in own_flags:
-                options[key] = read_value(value)
-    return options
+    return dict((key, read_value(value)) for key, value in
+                (item[2:].split("=", 1) for item in recbole_argv(argv, own_flags)[1:]))
