@@ -1,0 +1,60 @@
+"""prism_recbole.goal: ratios to the best baseline and to the features-only variant."""
+import csv
+
+import pytest
+
+from prism_recbole import goal
+
+FIELDS = ["variant", "model", "options", "seeds", "status", "valid ndcg@10", "test ndcg@10", "test ndcg@10 std"]
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+    return str(path)
+
+
+def _rows():
+    return [
+        {"variant": "PRISM_SASRec", "seeds": 3, "status": "ok", "test ndcg@10": 0.0600},
+        {"variant": "PRISM_SASRec-none", "seeds": 3, "status": "ok", "test ndcg@10": 0.0500},
+        {"variant": "PRISM_GRU4Rec", "seeds": 1, "status": "ok", "test ndcg@10": 0.0900},  # not a baseline
+        {"variant": "FDSA_MM", "seeds": 2, "status": "ok", "test ndcg@10": 0.0540},
+        {"variant": "SASRec", "seeds": 1, "status": "ok", "test ndcg@10": 0.0400},
+        {"variant": "MMSR", "seeds": 0, "status": "no run"},
+    ]
+
+
+def test_ratios_best_baseline_excludes_prism_rows(tmp_path):
+    row = goal.goal_row(_write(tmp_path / "c.csv", _rows()), "test ndcg@10", "PRISM_SASRec", "PRISM_SASRec-none")
+    assert row["best"] == "FDSA_MM" and row["best_seeds"] == 2
+    assert row["best_ratio"] == pytest.approx(0.06 / 0.054)
+    assert row["own_ratio"] == pytest.approx(1.2)
+    assert row["best_met"] is True and row["own_met"] is True
+    assert row["not run"] == ["MMSR"]
+
+
+def test_goal_not_met_and_markdown(tmp_path, capsys):
+    rows = _rows()
+    rows[0]["test ndcg@10"] = 0.0510
+    path = _write(tmp_path / "comparison-toys.csv", rows)
+    out = goal.main([path])
+    assert out[0]["best_met"] is False and out[0]["own_met"] is False  # 0.944 and 1.02
+    printed = capsys.readouterr().out
+    assert "| comparison-toys.csv | 0.0510 (3) | FDSA_MM 0.0540 (2) | 0.944 not met | 0.0500 (3) | 1.020 not met | MMSR |" in printed
+
+
+def test_bad_input_names_file_and_column(tmp_path, capsys):
+    path = _write(tmp_path / "c.csv", _rows())
+    with pytest.raises(SystemExit):
+        goal.main([path, "--metric", "test hit@10"])
+    assert "c.csv: no column 'test hit@10'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        goal.main([path, "--model", "STOSA"])
+    assert "no finished row 'STOSA'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        goal.main([str(tmp_path / "missing.csv")])
+    assert "no such file" in capsys.readouterr().err
