@@ -49,6 +49,14 @@ RUN_KEYS = ("best_valid_result", "test_result", "n_params", "epoch_times", "wall
             "checkpoint")
 
 
+def check_same_variant(where, logged, now):
+    """One label must always mean one model with one set of options (the runs of a label are
+    averaged): a label logged with other options than ``now`` ends in an error naming both."""
+    if (logged.model, logged.options) != (now.model, now.options):
+        raise ValueError(f"{where}: label {now.label!r} was run with {logged.model} "
+                         f"{logged.options}, now {now.model} {now.options}; use another label")
+
+
 def read_runs_log(path):
     """The runs of a ``--runs_log`` JSON-lines file -> list of :class:`VariantResult` (in the
     order their labels first appear).  A line that is not a run ends in an error naming it."""
@@ -70,10 +78,7 @@ def read_runs_log(path):
                 raise ValueError(f"{path}, line {number}: not a run of run_comparison "
                                  f"({type(err).__name__}: {err})") from None
             result = results.setdefault(variant.label, VariantResult(variant))
-            if (result.variant.model, result.variant.options) != (variant.model, variant.options):
-                raise ValueError(f"{path}, line {number}: label {variant.label!r} was logged "
-                                 f"before with other options ({result.variant.model} "
-                                 f"{result.variant.options}); use another label")
+            check_same_variant(f"{path}, line {number}", result.variant, variant)
             result.runs = [r for r in result.runs if r["seed"] != run["seed"]] + [run]
     return list(results.values())
 
@@ -114,10 +119,7 @@ def run_variants(variants, dataset, seeds, config_file_list=None, config_dict=No
             old = by_label.pop(variant.label, None)
             if old is None:
                 continue
-            if (old.variant.model, old.variant.options) != (variant.model, variant.options):
-                raise ValueError(f"{runs_log}: label {variant.label!r} was run with "
-                                 f"{old.variant.model} {old.variant.options}, now "
-                                 f"{variant.model} {variant.options}; use another label")
+            check_same_variant(runs_log, old.variant, variant)
             results[i].runs = old.runs
         results = [res for res in logged if res.variant.label in by_label] + results
         variants = [res.variant for res in results]

@@ -166,6 +166,19 @@ def test_labels_and_resume_build_one_table_from_several_invocations(tmp_path, ti
         invoke("--seeds", "1", "--models", "sas=SASRec", "--resume")
 
 
+def test_runs_log_with_one_label_for_two_option_sets_is_an_error(tmp_path):
+    import json
+
+    from prism_recbole.experiments import read_runs_log
+
+    run = {"best_valid_result": {"ndcg@10": 0.1}, "test_result": {"ndcg@10": 0.1}, "seed": 1}
+    log = tmp_path / "runs.jsonl"
+    log.write_text(json.dumps(dict(run, label="a", model="SASRec", options={})) + "\n"
+                   + json.dumps(dict(run, label="a", model="SASRec", options={"hidden_size": 8})) + "\n")
+    with pytest.raises(ValueError, match=r"runs.jsonl, line 2: label 'a' was run with SASRec \{\}"):
+        read_runs_log(str(log))
+
+
 def test_a_models_own_option_wins_over_a_shared_one(tmp_path, tiny, monkeypatch):
     """RecBole gives command-line options priority over config_dict: a shared --key=value must
     not silently replace a model spec's own value of that key (it once did)."""
