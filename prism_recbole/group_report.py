@@ -293,20 +293,34 @@ def evaluate_model(loaded, split="test", k=DEFAULT_K, name=None, progress=False)
 
 def training_item_counts(loaded):
     """Training interactions per item (internal ids of ``loaded.dataset``), as counted for the
-    popularity groups: targets of the training split's rows, plus each user's first item
-    (the input of the user's first training row, ``item_length == 1``)."""
-    train = loaded.train_data._dataset
-    inter = train.inter_feat
-    n_items = train.item_num
-    iids = inter[train.iid_field].numpy().astype(np.int64)
-    counts = np.bincount(iids, minlength=n_items)
+    popularity groups: in RecBole's prefix rows of the whole dataset (one row per target, in
+    time order, the user's history before it in ``item_id_list``), each user's rows but the
+    last ones that went to validation and test (leave-one-out, or any split in time order) are
+    the training interactions: their targets, plus each user's first item (the input of the
+    user's first row).  Read from the whole
+    dataset, not from the training split: with ``train_positions: all`` the training split
+    keeps only one window of rows per user, whose targets alone would undercount every item."""
+    full = loaded.dataset.inter_feat
     model = loaded.model
-    if len(iids):
-        uids = inter[train.uid_field].numpy()
-        _, first = np.unique(uids, return_index=True)
-        first = first[inter[model.ITEM_SEQ_LEN].numpy()[first] == 1]
-        first_items = inter[model.ITEM_SEQ].numpy()[first, 0].astype(np.int64)
-        counts += np.bincount(first_items, minlength=n_items)
+    uid_field, iid_field = loaded.dataset.uid_field, loaded.dataset.iid_field
+    n_items = loaded.dataset.item_num
+    uids = full[uid_field].numpy().astype(np.int64)
+    n_users = int(uids.max(initial=0)) + 1
+    # rank of each row within its user (the rows are in time order; item_length saturates at
+    # MAX_ITEM_LIST_LENGTH, so it cannot tell the rows of a long history apart)
+    order = np.argsort(uids, kind="stable")
+    per_user = np.bincount(uids, minlength=n_users)
+    starts = np.r_[0, np.cumsum(per_user)[:-1]]
+    rank = np.empty(len(uids), dtype=np.int64)
+    rank[order] = np.arange(len(uids)) - np.repeat(starts, per_user)
+    held_out = np.zeros(n_users, dtype=np.int64)
+    for data in (loaded.valid_data, loaded.test_data):
+        held = data._dataset.inter_feat[uid_field].numpy().astype(np.int64)
+        held_out += np.bincount(held, minlength=n_users)
+    train = rank < (per_user - held_out)[uids]
+    counts = np.bincount(full[iid_field].numpy()[train].astype(np.int64), minlength=n_items)
+    first = train & (rank == 0)
+    counts += np.bincount(full[model.ITEM_SEQ].numpy()[first, 0].astype(np.int64), minlength=n_items)
     return counts
 
 

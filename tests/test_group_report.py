@@ -144,6 +144,26 @@ def test_group_assignment_matches_a_hand_computation_from_the_inter_file(trained
             assert rows[key]["full_ndcg@10"] == pytest.approx(ndcg[mask].mean(), abs=1e-9), key
 
 
+def test_popularity_of_a_checkpoint_trained_on_every_position(trained, tmp_path, monkeypatch):
+    """With train_positions: all the training split keeps one window per user; the popularity
+    groups must still count every training interaction (they once counted the windows' last
+    targets only)."""
+    data = trained[0]
+    seqs = read_inter(data)
+    train_counts = Counter(i for items in seqs.values() for i in items[:-2])
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(data, str(tmp_path / "saved"), epochs=1, train_positions="all",
+                         position_loss="sampled_softmax", MAX_ITEM_LIST_LENGTH=3)
+    out = run(model="SASRec", dataset="tiny", config_dict=config)
+    group_report([out["checkpoint"]], names=["all"], users_csv_path=str(tmp_path / "users.csv"))
+    users = read_csv(str(tmp_path / "users.csv"))
+    assert len(users) == len(seqs)
+    assert [int(u["target_popularity"]) for u in users] == [
+        train_counts[seqs[u["user"]][-1]] for u in users]
+    assert max(len(items) for items in seqs.values()) - 3 > 3  # some users have several windows
+
+
 def test_fusion_weight_columns_sum_to_one_per_group_for_prism_only(trained):
     _, _, report = trained
     full, none, sasrec = report.evals
