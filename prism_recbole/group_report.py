@@ -29,11 +29,13 @@ Rows (test sequences; one per user with a leave-one-out split) are grouped by:
    bins of the lengths); bins are cut at L and the rows with ``item_length == L`` (L or more
    past items) get the bin ``L+`` of their own.
 2. **target popularity**: the number of *training interactions* of the target item: every
-   occurrence of the item as the target of a row of the training split, plus every occurrence
-   as the first item of a user's sequence (RecBole's sequential augmentation keeps a user's
-   first interaction only as input history, in the first training row, ``item_length == 1``).
+   occurrence of the item as the target of one of RecBole's prefix rows that precede the user's
+   validation and test rows, plus every occurrence as the first item of a user's sequence
+   (RecBole's sequential augmentation keeps a user's first interaction only as input history).
    With a leave-one-out split that is every interaction of every user before the user's
-   validation interaction; validation and test interactions are not counted.  Default bins
+   validation interaction; validation and test interactions are not counted.  Counted on the
+   whole dataset, so it is the same for ``train_positions: all`` (whose training split keeps
+   only windows of rows) as for RecBole's default.  Default bins
    0, 1-4, 5-19, 20+ (lower ends 0 1 5 20), or ``qN``.
 3. **missing modality**: for each modality field of the dataset (``dataset.modality_missing``,
    the items without a vector for it), targets missing it vs targets that have it.
@@ -443,7 +445,7 @@ def render_markdown(report):
         f"History length = `item_length`, the input sequence length, capped at "
         f"MAX_ITEM_LIST_LENGTH = {report.max_len} (the bin `{report.max_len}+` holds every user "
         f"with {report.max_len} or more past items). Target popularity = training interactions "
-        "of the target item (targets of the training split plus each user's first item; valid "
+        "of the target item (every interaction before the user's validation one; valid "
         "and test interactions not counted).",
     ]
     head = ["group", "n"] + [f"{n} {m}@{k}" for n in names for m in ("NDCG", "HR")]
