@@ -323,6 +323,9 @@ def plot_metric(rows, column, path, title=None):
     import matplotlib.pyplot as plt
 
     labels = [row["variant"] for row in rows]
+    counts = [row.get("seeds") for row in rows]
+    if len(set(counts)) > 1:  # rows averaged over different numbers of seeds: say so per bar
+        labels = [f"{label} ({n} seed{'' if n == 1 else 's'})" for label, n in zip(labels, counts)]
     means = [row.get(column, math.nan) for row in rows]
     stds = [row.get(f"{column} std", math.nan) for row in rows]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2.0), 4.2))

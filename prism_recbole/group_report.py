@@ -541,7 +541,7 @@ def plot_report(report, path):
         for j, name in enumerate(names):
             values = [row[f"{name}_ndcg@{k}"] for row in rows]
             ax.bar(x + (j - (len(names) - 1) / 2) * width, values, width, label=name, color=f"C{j}")
-        labels = [(_group_title(r["kind"], r["group"]) if r["kind"].startswith("target_")
+        labels = [(_group_title(r["kind"], r["group"]).replace(" ", "\n") if r["kind"].startswith("target_")
                    and r["kind"] != "target_popularity" else r["group"]) + f"\nn={r['n_users']}"
                   for r in rows]
         ax.set_xticks(x, labels, fontsize="small")

@@ -1,6 +1,8 @@
 """run_comparison.py on tiny data: one row per model, mean ± std over seeds, a failing model
 reported with its error, a PNG chart, and model specs with options."""
 import csv
+import math
+import os
 import statistics
 import sys
 
@@ -208,3 +210,29 @@ def test_a_models_own_option_wins_over_a_shared_one(tmp_path, tiny, monkeypatch)
     from prism_recbole.cli import read_value
 
     assert read_value("1e-3") == 0.001 and read_value("[attrs]") == ["attrs"] and read_value("x") == "x"
+
+
+def test_plot_names_the_seed_count_when_rows_differ(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prism_recbole.experiments import plot_metric
+
+    seen = []
+    real_close = plt.close
+
+    def close(fig=None):
+        if fig is not None:
+            seen.append([t.get_text() for t in fig.axes[0].get_xticklabels()])
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", close)
+    rows = [{"variant": "a", "seeds": 3, "test ndcg@10": 0.05, "test ndcg@10 std": 0.001},
+            {"variant": "b", "seeds": 1, "test ndcg@10": 0.04, "test ndcg@10 std": math.nan}]
+    path = plot_metric(rows, "test ndcg@10", str(tmp_path / "c.png"))
+    assert os.path.getsize(path) > 0
+    assert seen[-1] == ["a (3 seeds)", "b (1 seed)"]
+    plot_metric([dict(r, seeds=2) for r in rows], "test ndcg@10", str(tmp_path / "d.png"))
+    assert seen[-1] == ["a", "b"]
