@@ -118,7 +118,7 @@ def main(argv=None):
         table, md_path, csv_path = write_tables(rows, metric_names, args.out, name,
                                                 reference=args.reference, table=table)
         png_path = plot_metric(rows, column, os.path.join(args.out, f"{name}.png"),
-                               title=f"{args.dataset}: {column}, mean over the seeds of each row (run here: {seeds})")
+                               title=f"{args.dataset}: {column}, mean over each row's seeds (of {seeds})")
         return rows, table, md_path, csv_path, png_path
 
     # all models with the first seed, then the next seed ...; the tables are rewritten after
