@@ -57,6 +57,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from prism_recbole.data.positions import rank_in_user
+
 DEFAULT_LENGTH_BINS = (1, 5, 10, 20)
 DEFAULT_POPULARITY_BINS = (0, 1, 5, 20)
 DEFAULT_K = 10
@@ -299,27 +301,23 @@ def training_item_counts(loaded):
     time order, the user's history before it in ``item_id_list``), each user's rows but the
     last ones that went to validation and test (leave-one-out, or any split in time order) are
     the training interactions: their targets, plus each user's first item (the input of the
-    user's first row).  Read from the whole
-    dataset, not from the training split: with ``train_positions: all`` the training split
-    keeps only one window of rows per user, whose targets alone would undercount every item."""
+    user's first row).  Read from the whole dataset, not from the training split: with
+    ``train_positions: all`` the training split keeps only one window of rows per user, whose
+    targets alone would undercount every item."""
     full = loaded.dataset.inter_feat
     model = loaded.model
     uid_field, iid_field = loaded.dataset.uid_field, loaded.dataset.iid_field
     n_items = loaded.dataset.item_num
     uids = full[uid_field].numpy().astype(np.int64)
     n_users = int(uids.max(initial=0)) + 1
-    # rank of each row within its user (the rows are in time order; item_length saturates at
+    # k of each row within its user (the rows are in time order; item_length saturates at
     # MAX_ITEM_LIST_LENGTH, so it cannot tell the rows of a long history apart)
-    order = np.argsort(uids, kind="stable")
-    per_user = np.bincount(uids, minlength=n_users)
-    starts = np.r_[0, np.cumsum(per_user)[:-1]]
-    rank = np.empty(len(uids), dtype=np.int64)
-    rank[order] = np.arange(len(uids)) - np.repeat(starts, per_user)
+    rank, size = rank_in_user(uids)
     held_out = np.zeros(n_users, dtype=np.int64)
     for data in (loaded.valid_data, loaded.test_data):
         held = data._dataset.inter_feat[uid_field].numpy().astype(np.int64)
         held_out += np.bincount(held, minlength=n_users)
-    train = rank < (per_user - held_out)[uids]
+    train = rank < size - held_out[uids]
     counts = np.bincount(full[iid_field].numpy()[train].astype(np.int64), minlength=n_items)
     first = train & (rank == 0)
     counts += np.bincount(full[model.ITEM_SEQ].numpy()[first, 0].astype(np.int64), minlength=n_items)

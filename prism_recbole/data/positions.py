@@ -63,17 +63,25 @@ def position_stride_option(config):
     return stride
 
 
-def window_rows(user_ids, max_len):
-    """Indices of the rows to keep: per user (rows in time order), the last row and every
-    ``max_len``-th row (the stride) before it."""
+def rank_in_user(user_ids):
+    """For rows of several users, each user's rows in time order (interleaved users are fine):
+    ``(rank, size)``, per row, its index k among its user's rows and that user's row count K."""
     user_ids = np.asarray(user_ids)
     order = np.argsort(user_ids, kind="stable")  # users grouped, time order kept inside
     sorted_users = user_ids[order]
     starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
     counts = np.diff(np.r_[starts, len(sorted_users)])
-    rank = np.arange(len(sorted_users)) - np.repeat(starts, counts)  # k within the user
-    from_end = np.repeat(counts, counts) - 1 - rank  # K - 1 - k
-    return np.sort(order[from_end % max_len == 0])
+    rank, size = np.empty(len(user_ids), dtype=np.int64), np.empty(len(user_ids), dtype=np.int64)
+    rank[order] = np.arange(len(sorted_users)) - np.repeat(starts, counts)
+    size[order] = np.repeat(counts, counts)
+    return rank, size
+
+
+def window_rows(user_ids, max_len):
+    """Indices of the rows to keep: per user (rows in time order), the last row and every
+    ``max_len``-th row (the stride) before it."""
+    rank, size = rank_in_user(user_ids)
+    return np.flatnonzero((size - 1 - rank) % max_len == 0)  # (K - 1 - k) % M == 0
 
 
 class AllPositionsDatasetMixin:
