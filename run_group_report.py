@@ -8,7 +8,8 @@
 
 Groups: history length (item_length, --length_bins), training interactions of the target item
 (--popularity_bins), targets missing each modality; the first checkpoint is the numerator of
-the ratio columns.  Prints a Markdown table.  See prism_recbole/group_report.py.
+the ratio columns.  ``--interventions no_fusion swap_fusion uniform_gate`` adds columns for the
+first checkpoint evaluated with its fused vector off, another user's, or equal expert weights.  Prints a Markdown table.  See prism_recbole/group_report.py.
 """
 import argparse
 import os
@@ -20,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main(argv=None):
     from prism_recbole.cli import config_overrides
 
+    from prism_recbole.model.prism_layer import INTERVENTIONS
     from prism_recbole.group_report import (DEFAULT_K, DEFAULT_LENGTH_BINS, DEFAULT_POPULARITY_BINS,
                                             SPLITS, group_report)
 
@@ -40,6 +42,11 @@ def main(argv=None):
     parser.add_argument("--csv", default=None, help="write the group table to this CSV")
     parser.add_argument("--plot", default=None, help="write a bar chart of NDCG@k per group (PNG)")
     parser.add_argument("--users_csv", default=None, help="write one line per test user to this CSV")
+    parser.add_argument("--interventions", nargs="+", default=(),
+                        choices=INTERVENTIONS,
+                        help="also evaluate the first checkpoint with its fused vector off "
+                             "(no_fusion), taken from another user (swap_fusion) or with equal "
+                             "expert weights (uniform_gate): one more column each")
     parser.add_argument("--progress", action="store_true", help="progress bars (tqdm)")
     args, extra = parser.parse_known_args(argv)
     config_dict = config_overrides(parser, extra)
@@ -49,7 +56,7 @@ def main(argv=None):
         length_bins=args.length_bins or DEFAULT_LENGTH_BINS,
         popularity_bins=args.popularity_bins or DEFAULT_POPULARITY_BINS, k=args.k,
         config_dict=config_dict or None, csv_path=args.csv, plot_path=args.plot,
-        users_csv_path=args.users_csv, progress=args.progress,
+        users_csv_path=args.users_csv, progress=args.progress, interventions=args.interventions,
     )
     print(report.markdown)
     return report

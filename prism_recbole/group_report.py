@@ -44,6 +44,12 @@ PRISM models (and MMSR) also get the mean fusion weight of each expert per group
 weights ``model.prism_gate_weights`` left by the same ``full_sort_predict`` call; see
 :mod:`prism_recbole.fusion_report`); ``prism_fusion: none`` and models without a gate have none.
 
+Interventions (``interventions=``, ``--interventions``): the first checkpoint, a PRISM model with
+experts and a gate, is evaluated again with one part changed, each as one more column: its
+fused vector z off (``no_fusion``: the backbone still gets Σ_m x^m_t), another user's z
+(``swap_fusion``: the batch rolled by one), or equal expert weights (``uniform_gate``).  Ratios
+near 1 mean the trained model does not use that part, whatever its training cost.
+
 Output: :class:`GroupReport` with one row per group (``rows``), a Markdown table, and
 optionally a CSV of the rows, a CSV per test row and a bar chart (PNG).
 """
@@ -632,7 +638,7 @@ def group_report(checkpoints: Sequence, names: Optional[Sequence[str]] = None, s
                  k: int = DEFAULT_K, config_dict: Optional[dict] = None,
                  csv_path: Optional[str] = None, plot_path: Optional[str] = None,
                  users_csv_path: Optional[str] = None, progress: bool = False,
-                 echo: bool = False) -> GroupReport:
+                 echo: bool = False, interventions: Sequence[str] = ()) -> GroupReport:
     """Per-group NDCG@k / HR@k (and fusion weights) of checkpoints trained on one dataset.
 
     Args:
@@ -648,6 +654,12 @@ def group_report(checkpoints: Sequence, names: Optional[Sequence[str]] = None, s
         csv_path, plot_path, users_csv_path: files to write (None: not written).
         progress: tqdm progress bars over the evaluation batches.
         echo: print the Markdown table.
+        interventions: diagnostics of the first checkpoint (a PRISM model with experts and a
+            gate): each is evaluated as one more column ``<name>-<intervention>``, the model
+            run with that part changed (``no_fusion``: z = 0; ``swap_fusion``: each user gets
+            another user's z; ``uniform_gate``: equal weights; see
+            ``PRISMPlugin.prism_intervention``).  The ratio of the first column to one of them
+            is how much the ranking needs that part (1.0: unused).
 
     Raises:
         FileNotFoundError: a checkpoint file is missing.
@@ -670,9 +682,32 @@ def group_report(checkpoints: Sequence, names: Optional[Sequence[str]] = None, s
         if not isinstance(lows, tuple) and lows[0] < (1 if what == "length_bins" else 0):
             raise ValueError(f"{what}: lower ends must be >= {1 if what == 'length_bins' else 0}, "
                              f"got {lows[0]}")
+    interventions = list(dict.fromkeys(interventions or ()))
+    if interventions:
+        from prism_recbole.model.prism_layer import INTERVENTIONS
+
+        unknown = [x for x in interventions if x not in INTERVENTIONS]
+        if unknown:
+            raise ValueError(f"--interventions: unknown {' '.join(unknown)}; known: "
+                             f"{' '.join(INTERVENTIONS)}")
     loaded_list = _load_all(checkpoints, config_dict)
     names = names or _default_names(loaded_list)
     evals = [evaluate_model(loaded, split, k, name, progress) for loaded, name in zip(loaded_list, names)]
+    if interventions:
+        first = loaded_list[0]
+        if not hasattr(first.model, "prism_intervention"):
+            raise ValueError(f"--interventions: the first checkpoint ({first.checkpoint}) is "
+                             f"{type(first.model).__name__}, not a PRISM model")
+        for name in interventions:
+            label = f"{names[0]}-{name}"
+            if label in names:
+                raise ValueError(f"--interventions: the column {label!r} is also a checkpoint's name")
+            with first.model.prism_intervention(name):
+                changed = evaluate_model(first, split, k, label, progress)
+            # its gate weights are the intact model's (or 1/K): no fusion-weight columns
+            changed.weights = changed.expert_names = changed.fusion = None
+            evals.append(changed)
+        names = list(names) + [f"{names[0]}-{name}" for name in interventions]
     _check_same_rows(evals, split)
 
     ref = evals[0]

@@ -261,3 +261,39 @@ def test_mismatched_datasets_and_missing_files_are_one_error_line(trained, tmp_p
         assert "Traceback" not in err
     with pytest.raises(ValueError, match="2 names for 1 checkpoints"):
         group_report([outs[2]["checkpoint"]], names=["a", "b"])
+
+
+def test_interventions_add_columns_of_the_first_checkpoint(trained, tmp_path, capsys):
+    _, outs, report = trained
+    ivs = ["no_fusion", "swap_fusion", "uniform_gate"]
+    out = run_group_report.main(["--checkpoints", outs[0]["checkpoint"], outs[1]["checkpoint"],
+                                 "--names", "full", "none", "--length_bins", "1", "6",
+                                 "--interventions", *ivs, f"--csv={tmp_path / 'g.csv'}"])
+    assert out.names == ["full", "none"] + [f"full-{x}" for x in ivs]
+    full, none, off, swap, uniform = out.evals
+    # the intact model first, and restored after every intervention
+    np.testing.assert_array_equal(full.ranks, report.evals[0].ranks)
+    assert out.evals[0].loaded.model.prism.intervention is None
+    # each intervention changes the ranking of this model (its z is far from 0, init 0.3)
+    for changed in (off, swap, uniform):
+        assert (changed.ranks != full.ranks).any()
+    assert np.abs(full.weights - 0.25).max() > 0.01
+    header = list(read_csv(tmp_path / "g.csv")[0].keys())
+    assert "full-no_fusion_ndcg@10" in header and "ndcg@10_full/full-no_fusion" in header
+    # the interventions' gate weights would repeat the intact model's: not reported
+    assert not [c for c in header if c.startswith("full-") and "_w_" in c]
+    assert all(e.weights is None for e in (off, swap, uniform))
+    assert "full-swap_fusion" in capsys.readouterr().out
+
+
+def test_interventions_need_a_prism_model_with_a_gate_first(trained, capsys):
+    _, outs, _ = trained
+    with pytest.raises(ValueError, match="prism_fusion: none"):
+        group_report([outs[1]["checkpoint"]], interventions=["no_fusion"])
+    with pytest.raises(ValueError, match="SASRec, not a PRISM model"):
+        group_report([outs[2]["checkpoint"]], interventions=["uniform_gate"])
+    with pytest.raises(ValueError, match="unknown bogus"):
+        group_report([outs[0]["checkpoint"]], interventions=["bogus"])
+    with pytest.raises(SystemExit):
+        run_group_report.cli(["--checkpoints", outs[0]["checkpoint"], "--interventions", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from prism_recbole.config import parse_list_option
 from prism_recbole.data.positions import train_positions_option
 from prism_recbole.model.prism_layer import (EXPERT_KINDS, FUSION_MODES, GATE_INPUTS,
-                                             REPLACEMENTS, PRISMLayer)
+                                             INTERVENTIONS, REPLACEMENTS, PRISMLayer)
 
 ITEM_SIDES = ("id", "id+modal")
 # backbones whose forward ends with exactly one gather_indexes(output, item_seq_len - 1)
@@ -335,6 +335,27 @@ class PRISMPlugin:
         prism_output.fused, prism_output.gate_weights = fused, weights
         self.prism_gate_weights = weights.detach()
         return state
+
+    # ---- diagnostics ---------------------------------------------------------------------
+    @contextmanager
+    def prism_intervention(self, name):
+        """Evaluate with one part of PRISM changed (:data:`~prism_recbole.model.prism_layer.INTERVENTIONS`):
+        ``no_fusion`` (z = 0), ``swap_fusion`` (another user's z), ``uniform_gate`` (w_k = 1/K).
+        How much the ranking drops tells how much the model uses that part (the group report's
+        ``--interventions``).  ``None`` changes nothing."""
+        if name is not None and name not in INTERVENTIONS:
+            raise ValueError(f"unknown PRISM intervention {name!r}; known: {', '.join(INTERVENTIONS)}")
+        if name is not None and self.prism.fusion == "none":
+            raise ValueError(f"the {name} intervention needs experts and a gate; "
+                             f"{type(self).__name__} has prism_fusion: none")
+        layers = [self.prism, *self.prism_extra_streams]
+        for layer in layers:
+            layer.intervention = name
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.intervention = None
 
     # ---- RecBole's entry points ----------------------------------------------------------
     @contextmanager

@@ -393,6 +393,10 @@ class UniformFusionLayer(nn.Module):
 FUSION_LEVELS = ("sequence", "item")
 GATE_INPUTS = ("id_summary", "backbone_state")
 FUSION_MODES = ("adaptive", "uniform", "none")
+# diagnostics at evaluation (PRISMPlugin.prism_intervention; never a training option):
+# no_fusion: z = 0 (the experts and the gate switched off, Σ_m x^m_t kept); swap_fusion: each
+# user gets another user's z (the batch rolled by one); uniform_gate: w_k = 1/K instead of the gate
+INTERVENTIONS = ("no_fusion", "swap_fusion", "uniform_gate")
 
 
 class PRISMLayer(nn.Module):
@@ -428,6 +432,7 @@ class PRISMLayer(nn.Module):
         if gate_input == "backbone_state" and fusion_level != "sequence":
             raise ValueError("prism_gate_input: backbone_state needs prism_fusion_level: sequence")
         self.gate_input = gate_input
+        self.intervention = None  # one of INTERVENTIONS while a diagnostic evaluation runs
         if causal and fusion != "none" and (pooling != "masked_mean" or fusion_level != "sequence"):
             raise ValueError(
                 "train_positions: all runs PRISM causally (prefix means), which needs "
@@ -483,6 +488,34 @@ class PRISMLayer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=initializer_range)
                 nn.init.zeros_(module.bias)
+
+    @property
+    def fusion_layer(self):
+        """The gate, or equal weights while the ``uniform_gate`` diagnostic runs."""
+        if self.intervention == "uniform_gate":
+            return UniformFusionLayer()
+        return self.adaptive_fusion
+
+    def intervene(self, z, pool_mask):
+        """What the ``no_fusion`` and ``swap_fusion`` diagnostics make of z: [B, D], [B, 1, D] or,
+        per position, [B, L, D].  ``swap_fusion`` gives user b the z of user b-1 (of the batch
+        rolled by one; per position, that user's z_t, or its last real position's z where its
+        history is shorter).  Other interventions (or none) leave z as it is."""
+        if self.intervention == "no_fusion":
+            return torch.zeros_like(z)
+        if self.intervention != "swap_fusion":
+            return z
+        if self.fusion_level != "sequence":
+            raise ValueError("the swap_fusion diagnostic needs prism_fusion_level: sequence "
+                             "(item-level fusion has no per-user fused vector)")
+        other = z.roll(1, dims=0)
+        if z.dim() == 2 or z.shape[1] == 1:
+            return other
+        last = (pool_mask.sum(dim=1) - 1).clamp(min=0).roll(1, dims=0)  # [B]
+        positions = torch.arange(z.shape[1], device=z.device)
+        index = torch.minimum(positions.unsqueeze(0), last.unsqueeze(1))  # [B, L]
+        other = other.gather(1, index.unsqueeze(-1).expand_as(other))
+        return other * pool_mask.unsqueeze(-1).to(other.dtype)  # this user's real positions only
 
     def all_item_vectors(self):
         """Σ_m x^m_i for every row of the tables: [n_rows, D] (zero for padding/missing)."""
@@ -560,9 +593,9 @@ class PRISMLayer(nn.Module):
             if late:
                 deferred = (outputs, pool_mask, True)
             else:
-                fused_rows, weight_rows = self.adaptive_fusion(outputs, user_summary[pool_mask])
-                per_position = id_emb.new_zeros(B, L, D).masked_scatter(
-                    pool_mask.unsqueeze(-1), fused_rows.to(dtype))
+                fused_rows, weight_rows = self.fusion_layer(outputs, user_summary[pool_mask])
+                per_position = self.intervene(id_emb.new_zeros(B, L, D).masked_scatter(
+                    pool_mask.unsqueeze(-1), fused_rows.to(dtype)), pool_mask)
                 fused = fused_rows[last] * has
                 gate_weights = weight_rows[last] * has
         elif self.fusion != "none" and self.fusion_level == "sequence":
@@ -575,8 +608,8 @@ class PRISMLayer(nn.Module):
             if late:
                 deferred = (expert_outputs, pool_mask, False)
             else:
-                fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
-                per_position = fused.unsqueeze(1)  # z, broadcast over the positions
+                fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
+                per_position = self.intervene(fused.unsqueeze(1), pool_mask)  # z, broadcast over the positions
         elif self.fusion != "none":  # item level: experts on each distinct real item
             if not torch.is_grad_enabled():  # evaluation: only the batch's items, not the catalogue
                 unique_ids, index = torch.unique(item_seq, return_inverse=True)
@@ -589,12 +622,15 @@ class PRISMLayer(nn.Module):
                 item_outputs = item_outputs.index_put((real_item.nonzero().squeeze(1),), outputs)
             _, user_summary = self.pool(rows, present, index, id_emb, pool_mask)
             expert_outputs = pool_mean(item_outputs.flatten(1), index, pool_mask).view(B, K, D)
-            fused, gate_weights = self.adaptive_fusion(expert_outputs, user_summary)
+            if self.intervention == "swap_fusion":
+                self.intervene(fused, pool_mask)  # raises: no per-user z to swap
+            fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
             # z_t = Σ_k w_k h_k(s_t), one [B, L, D] term per expert (never [B, L, K, D]); the
             # user's z where the position holds no real item (BERT4Rec's mask token)
             per_position = (~real_item[index]).unsqueeze(-1).to(dtype) * fused.unsqueeze(1)
             for k in range(K):
                 per_position = per_position + gate_weights[:, k, None, None] * item_outputs[:, k][index]
+            per_position = self.intervene(per_position, pool_mask)  # no_fusion: zero
 
         add = F.embedding(index, summed) if self.item_features else None  # Σ_m x^m_t
         if per_position is not None:
@@ -617,17 +653,17 @@ class PRISMLayer(nn.Module):
         if state.dim() == 3:  # causal, every position: the experts of each real position
             if not per_position:
                 raise RuntimeError("fuse_state got every position's state from a non-causal call")
-            fused_rows, weight_rows = self.adaptive_fusion(outputs, state[pool_mask])
-            z = state.new_zeros(state.shape).masked_scatter(
-                pool_mask.unsqueeze(-1), fused_rows.to(state.dtype))
+            fused_rows, weight_rows = self.fusion_layer(outputs, state[pool_mask])
+            z = self.intervene(state.new_zeros(state.shape).masked_scatter(
+                pool_mask.unsqueeze(-1), fused_rows.to(state.dtype)), pool_mask)
             last, has = _last_real_rows(pool_mask)
             has = has.to(state.dtype).unsqueeze(-1)
             return state + z, fused_rows[last] * has, weight_rows[last] * has
         if per_position:  # causal, the last position: its prefix is the whole sequence
             last, has = _last_real_rows(pool_mask)
             outputs = outputs[last] * has.to(outputs.dtype).view(-1, 1, 1)
-        fused, weights = self.adaptive_fusion(outputs, state)
-        return state + fused.to(state.dtype), fused, weights
+        fused, weights = self.fusion_layer(outputs, state)
+        return state + self.intervene(fused, pool_mask).to(state.dtype), fused, weights
 
 
 def _last_real_rows(pool_mask):
