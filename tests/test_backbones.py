@@ -277,3 +277,32 @@ def test_what_prism_added_is_not_kept_unless_asked(tiny):
         model.prism_keep_add_emb = True
         model.full_sort_predict(batch)
     assert model.prism_output.add_emb.shape[:2] == batch[model.ITEM_SEQ].shape
+
+
+def test_id_dropout_zeroes_the_id_embedding_of_some_positions_in_training_only(tiny):
+    _, model, train_data, _ = build("PRISM_SASRec", small(tiny, prism_id_dropout=0.5))
+    batch = next(iter(train_data))
+    seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    model.prism_keep_add_emb = True
+    seen = []
+    model.item_embedding.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    ids = model.item_embedding.weight.detach()[seq]
+    real = model.prism_pool_mask(seq, seq_len)
+    for training in (True, False):
+        model.train(training)
+        seen.clear()
+        torch.manual_seed(3)
+        with torch.no_grad():
+            model.forward(seq, seq_len)
+        added = model.prism_output.add_emb
+        id_part = seen[0] - added  # what is left of E[s_t] at each position
+        kept = torch.isclose(id_part, ids, atol=1e-6).all(-1)
+        dropped = torch.isclose(id_part, torch.zeros_like(ids), atol=1e-6).all(-1)
+        assert (kept | dropped)[real].all()
+        share = dropped[real].float().mean().item()
+        if training:
+            assert 0.3 < share < 0.7, share
+        else:
+            assert share == 0
+    with pytest.raises(ValueError, match="prism_id_dropout must be in"):
+        build("PRISM_SASRec", small(tiny, prism_id_dropout=1.0))

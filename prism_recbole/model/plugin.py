@@ -229,6 +229,9 @@ class PRISMPlugin:
                     f"whose input has {len(self.prism_streams)} embedding streams"
                 )
             self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)
+        self.prism_id_dropout = _float_option(config, "prism_id_dropout") if config["prism_id_dropout"] is not None else 0.0
+        if not 0.0 <= self.prism_id_dropout < 1.0:
+            raise ValueError(f"option prism_id_dropout must be in [0, 1), got {self.prism_id_dropout}")
         self.prism_expert_names = list(self.prism.expert_names)
         # more streams (STOSA's covariance): the same experts, gate and feature tables, their
         # own projections W_m, b_m; the auxiliary loss is averaged over the streams
@@ -255,6 +258,7 @@ class PRISMPlugin:
         self._prism_sequence_len = None
         self._prism_batch = None
         self._prism_aux_loss = None
+        self._prism_id_keep = None
         self.prism_gate_weights = None
         self.prism_output = None
 
@@ -304,6 +308,13 @@ class PRISMPlugin:
             return None  # switched off, or a candidate look-up rather than the input sequence
         item_seq, item_seq_len = inputs[0], self._prism_sequence_len
         layer = self.prism if stream == 0 else self.prism_extra_streams[stream - 1]
+        if self.training and self.prism_id_dropout > 0:
+            # DropoutNet-style: some positions keep their content vectors but lose their ID
+            # embedding (one draw per position, shared by the streams of a call)
+            if stream == 0 or self._prism_id_keep is None:
+                self._prism_id_keep = (torch.rand(item_seq.shape, device=output.device)
+                                       >= self.prism_id_dropout).unsqueeze(-1)
+            output = output * self._prism_id_keep.to(output.dtype)
         out = layer(
             item_seq, output,
             self.prism_pool_mask(item_seq, item_seq_len),
@@ -367,6 +378,7 @@ class PRISMPlugin:
         self._prism_aux_loss = None
         self.prism_output = None
         self._prism_stream_outputs = {}
+        self._prism_id_keep = None
         try:
             self._prism_batch = (interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         except KeyError:
