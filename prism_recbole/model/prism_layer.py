@@ -551,14 +551,17 @@ class PRISMLayer(nn.Module):
         user_summary = torch.bmm(real.to(id_emb.dtype), id_emb).squeeze(1) / real.sum(-1).clamp(min=1.0)
         return torch.stack(pooled, dim=1), user_summary
 
-    def pool_prefix(self, rows, present, index, id_emb, pool_mask):
+    def pool_prefix(self, rows, present, index, id_emb, pool_mask, with_summary=True):
         """Causal pooling: x̄^m_t and ē_t over the real items at positions <= t, for every t:
         [B, L, M, D] and [B, L, D], by cumulative sums (O(B·L·M·D), no [B, L, L, D]).  At the
-        last real position they equal :meth:`pool` of the same prefix."""
+        last real position they equal :meth:`pool` of the same prefix.  ``with_summary=False``
+        (the gate reads the backbone's state instead): ē_t is not computed, None."""
         real = pool_mask.to(rows.dtype)  # [B, L]
         weights = real.unsqueeze(-1) * present[index].to(rows.dtype)  # [B, L, M]
         sums = torch.cumsum(rows[index] * weights.unsqueeze(-1), dim=1)  # [B, L, M, D]
         pooled = sums / torch.cumsum(weights.float(), dim=1).clamp(min=1e-12).unsqueeze(-1).to(sums.dtype)
+        if not with_summary:
+            return pooled, None
         summary = torch.cumsum(id_emb * real.unsqueeze(-1), dim=1)
         summary = summary / torch.cumsum(real, dim=1).clamp(min=1.0).unsqueeze(-1)
         return pooled, summary
@@ -584,7 +587,8 @@ class PRISMLayer(nn.Module):
             # per position t: x̄_t, ē_t over the prefix; the experts and the gate run on the T
             # real positions only (not B·L: short histories are mostly padding), so the
             # auxiliary losses average over the real positions; z_t is added at position t
-            pooled, user_summary = self.pool_prefix(rows, present, index, id_emb, pool_mask)
+            pooled, user_summary = self.pool_prefix(rows, present, index, id_emb, pool_mask,
+                                                    with_summary=not late)
             outputs, aux_loss, terms = self.interaction_experts(pooled[pool_mask], with_aux)
             # what a last-position call reports: the values at each sequence's last real position
             last, has = _last_real_rows(pool_mask)
