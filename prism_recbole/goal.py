@@ -10,6 +10,12 @@ the model's mean over seeds, the best baseline (the highest mean among the rows 
 model's own variants and PRISM on other backbones are not baselines), the features-only variant,
 the two ratios and whether each goal is met.  Only rows that ran are read; a row without a
 number is skipped and listed under "not run".
+
+``--pairs MODEL=FEATURES_ONLY ...`` (e.g. ``PRISM_SASRec=PRISM_SASRec-none
+PRISM_SASRec-frozen=PRISM_SASRec-none-frozen``) lets validation choose the configuration: in
+each CSV the pair whose model has the highest ``--select_on`` value (default ``valid
+ndcg@10``) among the pairs that ran is the one reported, and the chosen label is printed.  The
+best baseline is still the highest on ``--metric`` itself, which can only favour the baseline.
 """
 
 import argparse
@@ -43,13 +49,27 @@ def read_comparison(path, metric):
     return values, missing
 
 
-def goal_row(path, metric, model, features_only, exclude_prefix="PRISM_", best_goal=1.10, own_goal=1.03):
+def choose_pair(path, pairs, select_on):
+    """The (model, features-only) pair of ``pairs`` whose model is best on ``select_on``."""
+    values, _ = read_comparison(path, select_on)
+    ran = [(m, f) for m, f in pairs if m in values]
+    if not ran:
+        raise ValueError(f"{path}: none of the --pairs models has a finished row "
+                         f"({', '.join(m for m, _ in pairs)})")
+    return max(ran, key=lambda pair: values[pair[0]][0])
+
+
+def goal_row(path, metric, model, features_only, exclude_prefix="PRISM_", best_goal=1.10, own_goal=1.03,
+             pairs=None, select_on="valid ndcg@10"):
+    if pairs:
+        model, features_only = choose_pair(path, pairs, select_on)
     values, missing = read_comparison(path, metric)
     if model not in values:
         raise ValueError(f"{path}: no finished row '{model}' (rows: {', '.join(values) or 'none'})")
     mean, seeds = values[model]
     baselines = {k: v for k, v in values.items() if not k.startswith(exclude_prefix) and k != model}
-    row = {"dataset": os.path.basename(path), "model": mean, "seeds": seeds, "not run": missing}
+    row = {"dataset": os.path.basename(path), "model": mean, "seeds": seeds, "not run": missing,
+           "label": model, "features_only": features_only}
     if baselines:
         best = max(baselines, key=lambda k: baselines[k][0])
         row.update(best=best, best_value=baselines[best][0], best_seeds=baselines[best][1],
@@ -66,17 +86,25 @@ def _f(x, digits=4):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def markdown(rows, metric, model, features_only, best_goal, own_goal):
+def markdown(rows, metric, model, features_only, best_goal, own_goal, chosen_on=None):
+    mine_title, own_title = f"{model} {metric} (seeds)", f"{features_only} (seeds)"
+    if chosen_on:  # the label differs per row: it is printed in the cells
+        mine_title = f"model chosen on {chosen_on}: its {metric} (seeds)"
+        own_title = "its features-only variant (seeds)"
     lines = [
-        f"| data (CSV) | {model} {metric} (seeds) | best baseline (seeds) | ratio (goal {best_goal:.2f}) "
-        f"| {features_only} (seeds) | ratio (goal {own_goal:.2f}) | not run |",
+        f"| data (CSV) | {mine_title} | best baseline (seeds) | ratio (goal {best_goal:.2f}) "
+        f"| {own_title} | ratio (goal {own_goal:.2f}) | not run |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         best = (f"{r['best']} {_f(r['best_value'])} ({r['best_seeds']})" if "best" in r else "-")
         own = (f"{_f(r['own'])} ({r['own_seeds']})" if "own" in r else "-")
+        mine = f"{_f(r['model'])} ({r['seeds']})"
+        if chosen_on:
+            mine = f"{r['label']} {mine}"
+            own = f"{r['features_only']} {own}"
         lines.append(
-            f"| {r['dataset']} | {_f(r['model'])} ({r['seeds']}) | {best} "
+            f"| {r['dataset']} | {mine} | {best} "
             f"| {_f(r.get('best_ratio'), 3)} {'met' if r['best_met'] else 'not met'} | {own} "
             f"| {_f(r.get('own_ratio'), 3)} {'met' if r['own_met'] else 'not met'} "
             f"| {', '.join(r['not run']) or '-'} |")
@@ -94,17 +122,31 @@ def main(argv=None):
                         help="rows whose label starts with this are not baselines (default: %(default)s)")
     parser.add_argument("--best", type=float, default=1.10, help="goal against the best baseline")
     parser.add_argument("--own", type=float, default=1.03, help="goal against the features-only variant")
+    parser.add_argument("--pairs", nargs="+", default=None, metavar="MODEL=FEATURES_ONLY",
+                        help="candidate configurations; per CSV the pair whose model is best on "
+                             "--select_on is reported (instead of --model/--features_only)")
+    parser.add_argument("--select_on", default="valid ndcg@10",
+                        help="the CSV column that chooses among --pairs (default: %(default)s)")
     args = parser.parse_args(argv)
+    pairs = None
+    if args.pairs:
+        pairs = []
+        for spec in args.pairs:
+            model, sep, features_only = spec.partition("=")
+            if not sep or not model or not features_only:
+                parser.error(f"--pairs: {spec!r} is not MODEL=FEATURES_ONLY")
+            pairs.append((model, features_only))
     rows = []
     for path in args.csv:
         if not os.path.isfile(path):
             parser.error(f"no such file: {path}")
         try:
             rows.append(goal_row(path, args.metric, args.model, args.features_only,
-                                 args.exclude_prefix, args.best, args.own))
+                                 args.exclude_prefix, args.best, args.own, pairs, args.select_on))
         except ValueError as e:
             parser.error(str(e))
-    print(markdown(rows, args.metric, args.model, args.features_only, args.best, args.own))
+    print(markdown(rows, args.metric, args.model, args.features_only, args.best, args.own,
+                   chosen_on=args.select_on if pairs else None))
     return rows
 
 

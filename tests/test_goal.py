@@ -58,3 +58,31 @@ def test_bad_input_names_file_and_column(tmp_path, capsys):
     with pytest.raises(SystemExit):
         goal.main([str(tmp_path / "missing.csv")])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_pairs_are_chosen_on_validation_not_on_test(tmp_path, capsys):
+    rows = _rows()
+    rows[0]["valid ndcg@10"] = 0.070
+    rows += [
+        # better on test, worse on validation: must not be chosen
+        {"variant": "PRISM_SASRec-last", "seeds": 1, "status": "ok", "valid ndcg@10": 0.069, "test ndcg@10": 0.0900},
+        {"variant": "PRISM_SASRec-none-last", "seeds": 1, "status": "ok", "valid ndcg@10": 0.060, "test ndcg@10": 0.0450},
+        {"variant": "PRISM_SASRec-frozen", "seeds": 1, "status": "ok", "valid ndcg@10": 0.071, "test ndcg@10": 0.0550},
+        {"variant": "PRISM_SASRec-none-frozen", "seeds": 1, "status": "ok", "valid ndcg@10": 0.070, "test ndcg@10": 0.0500},
+    ]
+    path = _write(tmp_path / "comparison-yelp.csv", rows)
+    out = goal.main([path, "--pairs", "PRISM_SASRec=PRISM_SASRec-none", "PRISM_SASRec-last=PRISM_SASRec-none-last",
+                     "PRISM_SASRec-frozen=PRISM_SASRec-none-frozen", "PRISM_SASRec-gone=PRISM_SASRec-none-gone"])
+    row = out[0]
+    assert (row["label"], row["features_only"]) == ("PRISM_SASRec-frozen", "PRISM_SASRec-none-frozen")
+    assert row["best_ratio"] == pytest.approx(0.055 / 0.054) and row["own_ratio"] == pytest.approx(1.1)
+    printed = capsys.readouterr().out
+    assert "model chosen on valid ndcg@10:" in printed
+    assert "| PRISM_SASRec-frozen 0.0550 (1) | FDSA_MM 0.0540 (2) |" in printed
+    assert "| PRISM_SASRec-none-frozen 0.0500 (1) |" in printed
+    with pytest.raises(SystemExit):
+        goal.main([path, "--pairs", "PRISM_SASRec"])
+    assert "is not MODEL=FEATURES_ONLY" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        goal.main([path, "--pairs", "A=B"])
+    assert "none of the --pairs models has a finished row (A)" in capsys.readouterr().err
