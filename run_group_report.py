@@ -9,7 +9,8 @@
 Groups: history length (item_length, --length_bins), training interactions of the target item
 (--popularity_bins), targets missing each modality; the first checkpoint is the numerator of
 the ratio columns.  ``--interventions no_fusion swap_fusion uniform_gate`` adds columns for the
-first checkpoint evaluated with its fused vector off, another user's, or equal expert weights.  Prints a Markdown table.  See prism_recbole/group_report.py.
+first checkpoint evaluated with its fused vector off, another user's, or equal expert weights.
+Prints a Markdown table.  See prism_recbole/group_report.py.
 """
 import argparse
 import os

@@ -229,7 +229,7 @@ class PRISMPlugin:
                     f"whose input has {len(self.prism_streams)} embedding streams"
                 )
             self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)
-        self.prism_id_dropout = _float_option(config, "prism_id_dropout") if config["prism_id_dropout"] is not None else 0.0
+        self.prism_id_dropout = _float_option(config, "prism_id_dropout")
         if not 0.0 <= self.prism_id_dropout < 1.0:
             raise ValueError(f"option prism_id_dropout must be in [0, 1), got {self.prism_id_dropout}")
         self.prism_expert_names = list(self.prism.expert_names)

@@ -626,15 +626,13 @@ class PRISMLayer(nn.Module):
                 item_outputs = item_outputs.index_put((real_item.nonzero().squeeze(1),), outputs)
             _, user_summary = self.pool(rows, present, index, id_emb, pool_mask)
             expert_outputs = pool_mean(item_outputs.flatten(1), index, pool_mask).view(B, K, D)
-            if self.intervention == "swap_fusion":
-                self.intervene(fused, pool_mask)  # raises: no per-user z to swap
             fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
             # z_t = Σ_k w_k h_k(s_t), one [B, L, D] term per expert (never [B, L, K, D]); the
             # user's z where the position holds no real item (BERT4Rec's mask token)
             per_position = (~real_item[index]).unsqueeze(-1).to(dtype) * fused.unsqueeze(1)
             for k in range(K):
                 per_position = per_position + gate_weights[:, k, None, None] * item_outputs[:, k][index]
-            per_position = self.intervene(per_position, pool_mask)  # no_fusion: zero
+            per_position = self.intervene(per_position, pool_mask)  # no_fusion: zero; swap_fusion raises
 
         add = F.embedding(index, summed) if self.item_features else None  # Σ_m x^m_t
         if per_position is not None:
