@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from prism_recbole.config import parse_list_option
 from prism_recbole.data.positions import train_positions_option
 from prism_recbole.model.prism_layer import (EXPERT_KINDS, FUSION_MODES, GATE_INPUTS,
-                                             INTERVENTIONS, REPLACEMENTS, PRISMLayer)
+                                             INTERVENTIONS, REPLACEMENTS, TRIPLET_DISTANCES,
+                                             PRISMLayer)
 
 ITEM_SIDES = ("id", "id+modal")
 # backbones whose forward ends with exactly one gather_indexes(output, item_seq_len - 1)
@@ -216,6 +217,7 @@ class PRISMPlugin:
             causal=train_positions_option(config) == "all",
             replace=_choice_option(config, "prism_replace", REPLACEMENTS, "noise"),
             gate_input=_choice_option(config, "prism_gate_input", GATE_INPUTS, "id_summary"),
+            triplet_distance=_choice_option(config, "prism_triplet_distance", TRIPLET_DISTANCES, "l2"),
         )
         if self.prism.gate_input == "backbone_state" and self.backbone_name not in GATE_ON_STATE_BACKBONES:
             raise ValueError(

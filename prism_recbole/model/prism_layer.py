@@ -17,6 +17,7 @@ Interaction Expert Layer: experts f_k: M·D -> D (Linear, GELU, Dropout, Linear)
 
 Auxiliary losses (training only), as in the authors' code (I2MoE's losses):
     L_uni_m    = mean_{j≠m} TripletMargin(anchor h, positive h^{¬j}, negative h^{¬m}; margin)
+                 (L2 distance; ``prism_triplet_distance: cosine`` normalises h first, an extension)
                  (the unique-m expert must change when m is hidden, and not when another is)
     L_syn      = mean_m mean_b cos(h_syn, h_syn^{¬m})        (push away: needs every modality)
     L_red      = mean_m mean_b (1 - cos(h_red, h_red^{¬m}))  (pull together: any one suffices)
@@ -223,20 +224,26 @@ def masked_mean(values, mask=None):
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def _triplet(anchor, positive, negative, margin, eps=1e-7):
-    """max(d(a, p) - d(a, n) + margin, 0) per row, d = ||a - b + eps||₂ (torch's triplet loss)."""
+def _triplet(anchor, positive, negative, margin, eps=1e-7, distance="l2"):
+    """max(d(a, p) - d(a, n) + margin, 0) per row, d = ||a - b + eps||₂ (torch's triplet loss).
+
+    ``distance="cosine"`` (scale-free): a, p, n are L2-normalised first, so d lies in [0, 2]
+    and the margin cannot be met by inflating the experts' output norms."""
     anchor, positive, negative = anchor.float(), positive.float(), negative.float()  # eps is 0 in half
+    if distance == "cosine":
+        anchor, positive, negative = (F.normalize(t, dim=-1) for t in (anchor, positive, negative))
     d_ap = (anchor - positive + eps).norm(dim=-1)
     d_an = (anchor - negative + eps).norm(dim=-1)
     return (d_ap - d_an + margin).clamp(min=0.0)
 
 
-def uniqueness_loss(clean, replaced, m, margin, mask=None):
+def uniqueness_loss(clean, replaced, m, margin, mask=None, distance="l2"):
     """L_uni_m: triplet(anchor h, positives h^{¬j} for j != m, negative h^{¬m}), mean over j."""
     positives = [replaced[j] for j in range(len(replaced)) if j != m]
     if not positives:
         return clean.new_zeros(())
-    losses = [masked_mean(_triplet(clean, pos, replaced[m], margin), mask) for pos in positives]
+    losses = [masked_mean(_triplet(clean, pos, replaced[m], margin, distance=distance), mask)
+              for pos in positives]
     return torch.stack(losses).mean()
 
 
@@ -261,6 +268,7 @@ def redundancy_loss(clean, replaced, mask=None):
 
 EXPERT_KINDS = ("unique", "synergy", "redundancy")
 REPLACEMENTS = ("noise", "shuffle", "mean")
+TRIPLET_DISTANCES = ("l2", "cosine")
 
 
 class InteractionExpertLayer(nn.Module):
@@ -274,8 +282,14 @@ class InteractionExpertLayer(nn.Module):
 
     def __init__(self, n_modalities, hidden_size, expert_hidden, dropout, noise_std,
                  margin, lambda_uni, lambda_syn, lambda_red, modality_names=None,
-                 kinds=EXPERT_KINDS, replace="noise"):
+                 kinds=EXPERT_KINDS, replace="noise", triplet_distance="l2"):
         super().__init__()
+        if triplet_distance not in TRIPLET_DISTANCES:
+            raise ValueError(
+                f"option prism_triplet_distance must be one of {', '.join(TRIPLET_DISTANCES)}, "
+                f"got {triplet_distance!r}"
+            )
+        self.triplet_distance = triplet_distance
         if replace not in REPLACEMENTS:
             raise ValueError(
                 f"option prism_replace must be one of {', '.join(REPLACEMENTS)}, got {replace!r}"
@@ -349,7 +363,8 @@ class InteractionExpertLayer(nn.Module):
             clean.append(out[0])
             replaced = list(out[1:])
             if kind == "unique":
-                terms[name] = uniqueness_loss(out[0], replaced, m, self.margin, mask)
+                terms[name] = uniqueness_loss(out[0], replaced, m, self.margin, mask,
+                                              distance=self.triplet_distance)
                 aux = aux + self.lambda_uni * terms[name]
             elif kind == "synergy":
                 terms[name] = synergy_loss(out[0], replaced, mask)
@@ -423,7 +438,7 @@ class PRISMLayer(nn.Module):
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
                  fusion_level="sequence", item_features=True, fusion="adaptive",
                  experts=EXPERT_KINDS, aux_loss=True, causal=False, replace="noise",
-                 gate_input="id_summary"):
+                 gate_input="id_summary", triplet_distance="l2"):
         super().__init__()
         if gate_input not in GATE_INPUTS:
             raise ValueError(
@@ -473,7 +488,7 @@ class PRISMLayer(nn.Module):
             self.interaction_experts = InteractionExpertLayer(
                 self.n_modalities, hidden_size, expert_hidden, expert_dropout, noise_std, margin,
                 lambda_uni, lambda_syn, lambda_red, modality_names, kinds=tuple(experts),
-                replace=replace,
+                replace=replace, triplet_distance=triplet_distance,
             )
             self.expert_names = self.interaction_experts.expert_names
             if fusion == "adaptive":
