@@ -6,8 +6,8 @@ For each checkpoint (a PRISM model written by :func:`prism_recbole.quick_start.r
 is rebuilt with :func:`~prism_recbole.quick_start.load_model`, put in training mode (the
 auxiliary passes run in training only) and run under ``torch.no_grad`` over the first
 ``--batches`` batches of its training split (drawn once after seeding with ``--seed``), each
-batch run with the same random seed for every checkpoint and every setting.  Printed, as a Markdown table, the mean over those batches of
-each auxiliary term as the model computes it (``unique_<modality>``: the triplet loss of that
+batch run with the same random seed for every checkpoint and every setting.  Printed, as a
+Markdown table, the mean over those batches of each auxiliary term as the model computes it (``unique_<modality>``: the triplet loss of that
 modality's expert, ``synergy``: mean cos(h, h^{¬m}), ``redundancy``: mean 1 - cos(h, h^{¬m})),
 once with the triplet distance the model was trained with and once with each other distance
 (``prism_triplet_distance``: ``l2``, ``cosine``), so that two models trained with different
@@ -29,14 +29,15 @@ from prism_recbole.model.prism_layer import TRIPLET_DISTANCES
 
 
 def first_batches(loaded, batches: int, seed: int = 0) -> list:
-    """The first ``batches`` training batches, drawn once after seeding (the training loader
-    shuffles with its own generator, reseeded here), so that every distance and every
-    checkpoint of the same data reads the same batches."""
+    """The first ``batches`` training batches, on the model's device, drawn once after seeding
+    (the training loader shuffles with its own generator, reseeded here), so that every
+    distance and every checkpoint of the same data reads the same batches."""
     torch.manual_seed(seed)
     generator = getattr(loaded.train_data, "generator", None)  # RecBole's shuffling generator
     if generator is not None:
         generator.manual_seed(seed)
-    return list(islice(loaded.train_data, batches))
+    device = loaded.config["device"]
+    return [interaction.to(device) for interaction in islice(loaded.train_data, batches)]
 
 
 def aux_terms(loaded, batches: int = 50, seed: int = 0) -> Dict[str, Dict[str, float]]:
@@ -67,16 +68,13 @@ def aux_terms(loaded, batches: int = 50, seed: int = 0) -> Dict[str, Dict[str, f
         for distance in distances:
             experts.triplet_distance = distance
             sums: Dict[str, float] = {}
-            n = 0
             for i, interaction in enumerate(data):
                 torch.manual_seed(seed + i)  # the same replacements for every distance
                 with torch.no_grad():
-                    model.calculate_loss(interaction.to(loaded.config["device"]))
-                terms = model.prism_output.aux_terms or {}
-                for name, value in terms.items():
+                    model.calculate_loss(interaction)
+                for name, value in (model.prism_output.aux_terms or {}).items():
                     sums[name] = sums.get(name, 0.0) + float(value)
-                n += 1
-            result[distance] = {name: total / n for name, total in sums.items()}
+            result[distance] = {name: total / len(data) for name, total in sums.items()}
     finally:
         experts.triplet_distance = own
         model.eval()
