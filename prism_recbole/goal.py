@@ -9,7 +9,9 @@ the model's mean over seeds, the best baseline (the highest mean among the rows 
 ``ok`` and whose label does not start with ``--exclude_prefix``, by default ``PRISM_``: the
 model's own variants and PRISM on other backbones are not baselines), the features-only variant,
 the two ratios and whether each goal is met.  Only rows that ran are read; a row without a
-number is skipped and listed under "not run".
+number is skipped and listed under "not run".  ``--expected LABEL ...`` names the rows every CSV
+should have (e.g. the models a comparison asks for): one a CSV has no row for is listed under
+"not run" too, so a model that was never started is not silently missing from the verdict.
 
 ``--pairs MODEL=FEATURES_ONLY ...`` (e.g. ``PRISM_SASRec=PRISM_SASRec-none
 PRISM_SASRec-frozen=PRISM_SASRec-none-frozen``) lets validation choose the configuration: in
@@ -60,10 +62,11 @@ def choose_pair(path, pairs, select_on):
 
 
 def goal_row(path, metric, model, features_only, exclude_prefix="PRISM_", best_goal=1.10, own_goal=1.03,
-             pairs=None, select_on="valid ndcg@10"):
+             pairs=None, select_on="valid ndcg@10", expected=()):
     if pairs:
         model, features_only = choose_pair(path, pairs, select_on)
     values, missing = read_comparison(path, metric)
+    missing += [label for label in expected if label not in values and label not in missing]
     if model not in values:
         raise ValueError(f"{path}: no finished row '{model}' (rows: {', '.join(values) or 'none'})")
     mean, seeds = values[model]
@@ -127,6 +130,8 @@ def main(argv=None):
                              "--select_on is reported (instead of --model/--features_only)")
     parser.add_argument("--select_on", default="valid ndcg@10",
                         help="the CSV column that chooses among --pairs (default: %(default)s)")
+    parser.add_argument("--expected", nargs="+", default=(), metavar="LABEL",
+                        help="rows every CSV should have; those without a row are listed as not run")
     args = parser.parse_args(argv)
     pairs = None
     if args.pairs:
@@ -142,7 +147,8 @@ def main(argv=None):
             parser.error(f"no such file: {path}")
         try:
             rows.append(goal_row(path, args.metric, args.model, args.features_only,
-                                 args.exclude_prefix, args.best, args.own, pairs, args.select_on))
+                                 args.exclude_prefix, args.best, args.own, pairs, args.select_on,
+                                 args.expected))
         except ValueError as e:
             parser.error(str(e))
     print(markdown(rows, args.metric, args.model, args.features_only, args.best, args.own,

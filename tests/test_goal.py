@@ -86,3 +86,13 @@ def test_pairs_are_chosen_on_validation_not_on_test(tmp_path, capsys):
     with pytest.raises(SystemExit):
         goal.main([path, "--pairs", "A=B"])
     assert "none of the --pairs models has a finished row (A)" in capsys.readouterr().err
+
+
+def test_expected_rows_without_a_row_are_listed_as_not_run(tmp_path, capsys):
+    path = _write(tmp_path / "comparison-yelp.csv", _rows())
+    goal.main([path, "--expected", "SASRec", "BERT4Rec", "MMSR", "FDSA"])
+    printed = capsys.readouterr().out
+    # MMSR has a "no run" row, BERT4Rec and FDSA have no row at all; SASRec ran
+    assert printed.rstrip().endswith("| MMSR, BERT4Rec, FDSA |")
+    row = goal.goal_row(path, "test ndcg@10", "PRISM_SASRec", "PRISM_SASRec-none")
+    assert row["not run"] == ["MMSR"]  # without --expected only the CSV's own "no run" rows
