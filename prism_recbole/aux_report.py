@@ -7,11 +7,11 @@ is rebuilt with :func:`~prism_recbole.quick_start.load_model`, put in training m
 auxiliary passes run in training only) and run under ``torch.no_grad`` over the first
 ``--batches`` batches of its training split (drawn once after seeding with ``--seed``), each
 batch run with the same random seed for every checkpoint and every setting.  Printed, as a
-Markdown table, the mean over those batches of each auxiliary term as the model computes it (``unique_<modality>``: the triplet loss of that
-modality's expert, ``synergy``: mean cos(h, h^{¬m}), ``redundancy``: mean 1 - cos(h, h^{¬m})),
-once with the triplet distance the model was trained with and once with each other distance
-(``prism_triplet_distance``: ``l2``, ``cosine``), so that two models trained with different
-distances can be read on the same scale.
+Markdown table, the mean over those batches of each auxiliary term as the model computes it
+(``unique_<modality>``: the triplet loss of that modality's expert, ``synergy``: mean
+cos(h, h^{¬m}), ``redundancy``: mean 1 - cos(h, h^{¬m})), once with the triplet distance the
+model was trained with and once with each other distance (``prism_triplet_distance``: ``l2``,
+``cosine``), so that two models trained with different distances can be read on the same scale.
 
 Reading: a uniqueness term of 0 means every triplet is met by the margin (the expert tells
 its own modality's replacement from the others' on every row); for the margin m it is at most
