@@ -115,6 +115,18 @@ def markdown(rows, metric, model, features_only, best_goal, own_goal, chosen_on=
 
 
 def main(argv=None):
+    rows, table = run(argv)
+    print(table)
+    return rows
+
+
+def render(argv):
+    """The Markdown table for ``argv`` (the command line without the program name)."""
+    return run(argv)[1]
+
+
+def run(argv=None):
+    """The goal rows and their Markdown table for ``argv``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", nargs="+", help="run_comparison CSV files, one per dataset")
@@ -151,9 +163,8 @@ def main(argv=None):
                                  args.expected))
         except ValueError as e:
             parser.error(str(e))
-    print(markdown(rows, args.metric, args.model, args.features_only, args.best, args.own,
-                   chosen_on=args.select_on if pairs else None))
-    return rows
+    return rows, markdown(rows, args.metric, args.model, args.features_only, args.best, args.own,
+                          chosen_on=args.select_on if pairs else None)
 
 
 if __name__ == "__main__":
