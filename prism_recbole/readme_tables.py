@@ -53,35 +53,34 @@ def sync(path, check=False):
     line numbers of the tables that changed.  Writes the file unless ``check``."""
     with open(path) as f:
         lines = f.read().split("\n")
-    base = os.path.dirname(os.path.abspath(path))
     out, stale, i = [], [], 0
-    while i < len(lines):
-        line = lines[i]
-        out.append(line)
-        match = MARKER.match(line)
-        i += 1
-        if not match:
-            continue
-        where = f"{path}:{i}"
-        try:
-            argv = shlex.split(match.group(2))
-        except ValueError as e:
-            raise TableError(f"{where}: cannot parse the command: {e}") from None
-        end = i
-        while end < len(lines) and lines[end].startswith("|"):
-            end += 1
-        if end == i:
-            raise TableError(f"{where}: no table (lines starting with '|') below the marker")
-        cwd = os.getcwd()
-        os.chdir(base)
-        try:
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(path)))  # the commands' paths are the document's
+    try:
+        while i < len(lines):
+            line = lines[i]
+            out.append(line)
+            match = MARKER.match(line)
+            i += 1
+            if not match:
+                continue
+            where = f"{path}:{i}"
+            try:
+                argv = shlex.split(match.group(2))
+            except ValueError as e:
+                raise TableError(f"{where}: cannot parse the command: {e}") from None
+            end = i
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            if end == i:
+                raise TableError(f"{where}: no table (lines starting with '|') below the marker")
             table = _render(match.group(1), argv, where).split("\n")
-        finally:
-            os.chdir(cwd)
-        if table != lines[i:end]:
-            stale.append(i + 1)
-        out.extend(table)
-        i = end
+            if table != lines[i:end]:
+                stale.append(i + 1)
+            out.extend(table)
+            i = end
+    finally:
+        os.chdir(cwd)
     text = "\n".join(out)
     if not check and stale:
         with open(path + ".tmp", "w") as f:

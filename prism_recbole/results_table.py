@@ -20,31 +20,30 @@ import os
 import re
 import sys
 
+from prism_recbole.experiments import parse_options as parse_option_items
+from prism_recbole.goal import _f
+
 DEFAULT_METRICS = ("valid ndcg@10", "test hit@10", "test ndcg@10", "test ndcg@20")
 # models that train on RecBole's prefixes with masked items instead of next-item targets
 MASKED_ITEM_MODELS = {"BERT4Rec", "PRISM_BERT4Rec"}
 
 
 def parse_options(text):
-    """``"a=1 b=[x, y] c=z"`` (the CSV's ``options`` cell) -> ``{"a": "1", "b": "[x, y]", "c": "z"}``."""
+    """``"a=1 b=[x, y] c=z"`` (the CSV's ``options`` cell, as ``experiments.summarize`` joins a
+    variant's options) -> ``{"a": 1, "b": ["x", "y"], "c": "z"}``, values read as the model
+    spec's are (``experiments.parse_options``)."""
     text = (text or "").strip()
     if not text:
         return {}
-    options = {}
-    for item in re.split(r" (?=[A-Za-z_][A-Za-z0-9_]*=)", text):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"options {text!r}: {item!r} is not key=value")
-        options[key] = value
-    return options
+    return parse_option_items(re.split(r" (?=[A-Za-z_][A-Za-z0-9_]*=)", text), f"options {text!r}")
 
 
 def training_mode(model, options):
     """The training mode of a row, in words, from its model name and options."""
-    if str(options.get("train_positions", "last")) == "all":
+    if options.get("train_positions", "last") == "all":
         loss = options.get("position_loss")
         sampler = options.get("position_sampler", "uniform")
-        if loss in (None, "None", "~", "ce"):
+        if loss in (None, "ce"):
             how = "full softmax"
         elif loss == "sampled_softmax":
             how = ("in-batch" if sampler == "in_batch"
@@ -56,7 +55,7 @@ def training_mode(model, options):
         mode = "masked items on RecBole's prefixes"
     else:
         mode = "last (RecBole)"
-    if str(options.get("prism_freeze_features", "False")) == "True":
+    if options.get("prism_freeze_features") is True:
         mode += "; frozen feature tables"
     return mode
 
@@ -67,10 +66,6 @@ def _number(text):
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
-
-
-def _f(value, digits=4):
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _title(column):

@@ -17,6 +17,18 @@ import prism_recbole  # noqa: E402,F401  (shims first)
 DIMS = {"img_emb": 8, "txt_emb": 6}
 
 
+def write_csv(path, fields, rows):
+    """A CSV with columns ``fields`` (e.g. a run_comparison CSV); a row's missing cells are empty."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in fields})
+    return str(path)
+
+
 def item_vector(token, field):
     """A deterministic, distinct vector per (item token, field)."""
     seed = int(token) * 7 + (0 if field == "img_emb" else 3)

@@ -1,7 +1,7 @@
 """prism_recbole.goal: ratios to the best baseline and to the features-only variant."""
-import csv
 
 import pytest
+from conftest import write_csv
 
 from prism_recbole import goal
 
@@ -9,12 +9,7 @@ FIELDS = ["variant", "model", "options", "seeds", "status", "valid ndcg@10", "te
 
 
 def _write(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    return str(path)
+    return write_csv(path, FIELDS, rows)
 
 
 def _rows():

@@ -1,9 +1,9 @@
 """The README's result tables are rendered from CSVs by named commands (results_table, goal),
 and readme_tables keeps them in step."""
-import csv
 import os
 
 import pytest
+from conftest import write_csv
 
 from prism_recbole import goal, readme_tables, results_table
 
@@ -14,12 +14,7 @@ FIELDS = ["variant", "model", "options", "seeds", "status", "valid ndcg@10", "va
 
 
 def _write(path, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in FIELDS})
-    return str(path)
+    return write_csv(path, FIELDS, rows)
 
 
 def _row(variant, model, options, seeds, ndcg, std="", status="ok", train=100.0):
@@ -52,27 +47,30 @@ def test_the_readme_tables_are_what_their_commands_print():
 def test_parse_options_keeps_values_with_spaces():
     assert results_table.parse_options("") == {}
     assert results_table.parse_options("a=1 selected_features=['x', 'y'] c=z") == {
-        "a": "1", "selected_features": "['x', 'y']", "c": "z"}
+        "a": 1, "selected_features": ["x", "y"], "c": "z"}
     with pytest.raises(ValueError, match="not key=value"):
         results_table.parse_options("nonsense")
 
 
 @pytest.mark.parametrize("model, options, expected", [
     ("SASRec", {}, "last (RecBole)"),
-    ("MMSR", {"embedding_size": "64"}, "last (RecBole)"),
+    ("MMSR", {"embedding_size": 64}, "last (RecBole)"),
     ("BERT4Rec", {}, "masked items on RecBole's prefixes"),
     ("PRISM_SASRec", {"train_positions": "all", "position_loss": "sampled_softmax",
                       "position_sampler": "in_batch"}, "all positions, in-batch"),
     ("SASRec", {"train_positions": "all", "position_loss": "sampled_softmax",
-                "position_negatives": "128"}, "all positions, sampled softmax, 128 uniform negatives"),
+                "position_negatives": 128}, "all positions, sampled softmax, 128 uniform negatives"),
     ("SASRec", {"train_positions": "all"}, "all positions, full softmax"),
     ("SASRec", {"train_positions": "all", "position_loss": "gbce"}, "all positions, gbce"),
-    ("PRISM_SASRec", {"train_positions": "all", "position_loss": "ce", "prism_freeze_features": "True"},
+    ("PRISM_SASRec", {"train_positions": "all", "position_loss": "ce", "prism_freeze_features": True},
      "all positions, full softmax; frozen feature tables"),
-    ("PRISM_SASRec", {"prism_freeze_features": "False"}, "last (RecBole)"),
+    ("PRISM_SASRec", {"prism_freeze_features": False}, "last (RecBole)"),
 ])
 def test_training_mode_in_words(model, options, expected):
     assert results_table.training_mode(model, options) == expected
+    # the same words from the CSV's options cell, as experiments.summarize writes it
+    cell = " ".join(f"{k}={v}" for k, v in options.items())
+    assert results_table.training_mode(model, results_table.parse_options(cell)) == expected
 
 
 def test_results_table_rows_order_and_std(tmp_path):
