@@ -42,8 +42,10 @@ def training_mode(model, options):
     """The training mode of a row, in words, from its model name and options."""
     if options.get("train_positions", "last") == "all":
         loss = options.get("position_loss")
+        if loss is None:  # follows loss_type (overall.yaml): CE -> ce, BPR -> bce
+            loss = "bce" if options.get("loss_type") == "BPR" else "ce"
         sampler = options.get("position_sampler", "uniform")
-        if loss in (None, "ce"):
+        if loss == "ce":
             how = "full softmax"
         elif loss == "sampled_softmax":
             how = ("in-batch" if sampler == "in_batch"

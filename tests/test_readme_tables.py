@@ -61,6 +61,7 @@ def test_parse_options_keeps_values_with_spaces():
     ("SASRec", {"train_positions": "all", "position_loss": "sampled_softmax",
                 "position_negatives": 128}, "all positions, sampled softmax, 128 uniform negatives"),
     ("SASRec", {"train_positions": "all"}, "all positions, full softmax"),
+    ("SASRec", {"train_positions": "all", "loss_type": "BPR"}, "all positions, bce"),
     ("SASRec", {"train_positions": "all", "position_loss": "gbce"}, "all positions, gbce"),
     ("PRISM_SASRec", {"train_positions": "all", "position_loss": "ce", "prism_freeze_features": True},
      "all positions, full softmax; frozen feature tables"),
