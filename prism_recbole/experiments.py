@@ -46,7 +46,7 @@ def _mean_std(values):
 
 
 RUN_KEYS = ("best_valid_result", "test_result", "n_params", "epoch_times", "wall_s", "seed",
-            "checkpoint")
+            "checkpoint", "device")
 
 
 def check_same_variant(where, logged, now):
@@ -186,10 +186,17 @@ def summarize(results, reference=None):
                     row[f"{split} {name} vs {reference} %"] = (
                         100.0 * (mean - ref_mean) / ref_mean if ref_mean and not math.isnan(mean) else math.nan
                     )
-        epoch_times = [t for run in res.runs for t in run.get("epoch_times", [])]
+        # Times are compared across rows, so they come from one kind of machine: the CPU's
+        # runs where a row has any (runs logged without a device ran on the CPU), else the
+        # GPU's; "timed on" names it and "devices" counts the runs of each.
+        devices = [run.get("device", "cpu") for run in res.runs]
+        row["timed on"] = "cpu" if "cpu" in devices or not devices else devices[0]
+        row["devices"] = ", ".join(f"{d} {devices.count(d)}" for d in dict.fromkeys(devices))
+        timed = [run for run in res.runs if run.get("device", "cpu") == row["timed on"]]
+        epoch_times = [t for run in timed for t in run.get("epoch_times", [])]
         row["s/epoch"] = statistics.mean(epoch_times) if epoch_times else math.nan
         # training time of a run to early stopping (validation not counted), mean over seeds
-        train_s = [sum(run["epoch_times"]) for run in res.runs if run.get("epoch_times")]
+        train_s = [sum(run["epoch_times"]) for run in timed if run.get("epoch_times")]
         row["train s"] = statistics.mean(train_s) if train_s else math.nan
         row["params"] = res.runs[0]["n_params"] if res.runs else math.nan
         rows.append(row)
@@ -225,7 +232,8 @@ def markdown_table(rows, metric_names, reference=None, splits=("valid", "test"),
                 if reference:
                     delta = row.get(f"{split} {name} vs {reference} %", math.nan)
                     cells.append("-" if math.isnan(delta) else f"{delta:+.1f} %")
-        cells += [_fmt(row["s/epoch"], 1), _fmt(row.get("train s", math.nan), 0), _fmt(row["params"], 0) if isinstance(row["params"], float) else str(row["params"]), row["status"]]
+        on = "" if row.get("timed on", "cpu") == "cpu" else f" ({row['timed on']})"
+        cells += [_fmt(row["s/epoch"], 1) + on, _fmt(row.get("train s", math.nan), 0) + on, _fmt(row["params"], 0) if isinstance(row["params"], float) else str(row["params"]), row["status"]]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 

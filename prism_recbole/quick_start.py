@@ -89,6 +89,14 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
                             world_size=world_size, ip=ip, port=port, group_offset=group_offset)
 
 
+def device_label(device):
+    """``cpu`` or the GPU's name (e.g. ``NVIDIA H200``): what a run's times were measured on."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
 def _run_here(model, dataset, config_file_list, config_dict, saved):
     """:func:`run` in this process (also the body of every process of a distributed run)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
@@ -143,6 +151,7 @@ def _run_here(model, dataset, config_file_list, config_dict, saved):
         "log_file": log_file,
         "n_params": n_params,
         "epoch_times": epoch_times,
+        "device": device_label(config["device"]),
     }
     if not config["single_spec"]:
         result["world_size"] = int(config["world_size"])

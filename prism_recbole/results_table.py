@@ -7,7 +7,8 @@ Prints a Markdown table: the model's label, its training mode (read from the mod
 options in the CSV: RecBole's last-position training, every-position training and its loss,
 BERT4Rec's masked items, frozen feature tables), the number of seeds, validation NDCG@10, test
 HR@10, test NDCG@10 (± std over seeds when there are several), test NDCG@20 and the training
-time to early stopping (``train s``, mean over seeds).  Only rows whose status is ``ok`` are
+time to early stopping (``train s``, mean over seeds; over the CPU runs where a row has any,
+else over its GPU runs, and then the GPU is named next to the time).  Only rows whose status is ``ok`` are
 shown; ``--first`` puts the named rows on top, the others keep the CSV's order.  ``--metrics``
 changes the metric columns, ``--std`` those that show the std.  These are the per-dataset tables of README's "Results on real
 data"; ``python -m prism_recbole.readme_tables README.md`` rewrites them from their CSVs.
@@ -108,7 +109,8 @@ def markdown(rows, metrics=DEFAULT_METRICS, std_on=("test ndcg@10",)):
             if m in std_on and std is not None and int(r["seeds"]) > 1:
                 cell += f" ± {std:.4f}"
             cells.append(cell)
-        cells.append(_f(_number(r["train s"]), 0))
+        on = r.get("timed on") or "cpu"  # older CSVs have no such column: CPU runs
+        cells.append(_f(_number(r["train s"]), 0) + ("" if on == "cpu" else f" ({on})"))
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 

@@ -236,3 +236,36 @@ def test_plot_names_the_seed_count_when_rows_differ(tmp_path, monkeypatch):
     assert seen[-1] == ["a (3 seeds)", "b (1 seed)"]
     plot_metric([dict(r, seeds=2) for r in rows], "test ndcg@10", str(tmp_path / "d.png"))
     assert seen[-1] == ["a", "b"]
+
+
+def test_times_come_from_one_kind_of_machine(tmp_path):
+    """A row whose seeds ran on the CPU and on a GPU is timed on its CPU runs; a row that ran on
+    a GPU only names the GPU next to its times (runs logged without a device ran on the CPU)."""
+    from prism_recbole.experiments import (Variant, VariantResult, append_run, markdown_table,
+                                           read_runs_log, summarize)
+    from prism_recbole.results_table import markdown as compact, read_rows
+    from prism_recbole.experiments import write_tables
+
+    def run(seed, epochs, device=None):
+        out = {"best_valid_result": {"ndcg@10": 0.1}, "test_result": {"ndcg@10": 0.1},
+               "n_params": 10, "epoch_times": epochs, "wall_s": sum(epochs), "seed": seed}
+        if device:
+            out["device"] = device
+        return out
+
+    log = tmp_path / "runs.jsonl"
+    mixed, gpu = Variant("mixed", "SASRec"), Variant("gpu", "BERT4Rec")
+    append_run(str(log), mixed, run(1, [100.0, 100.0]))  # an old record: no device
+    append_run(str(log), mixed, run(2, [5.0, 5.0], "NVIDIA H200"))
+    append_run(str(log), gpu, run(1, [3.0], "NVIDIA H200"))
+    results = read_runs_log(str(log))
+    rows, names = summarize(results)
+    by = {r["variant"]: r for r in rows}
+    assert (by["mixed"]["timed on"], by["mixed"]["train s"], by["mixed"]["s/epoch"]) == ("cpu", 200.0, 100.0)
+    assert by["mixed"]["devices"] == "cpu 1, NVIDIA H200 1" and by["mixed"]["seeds"] == 2
+    assert (by["gpu"]["timed on"], by["gpu"]["train s"]) == ("NVIDIA H200", 3.0)
+    table = markdown_table(rows, names)
+    assert "| 3 (NVIDIA H200) |" in table and "| 200 |" in table
+    write_tables(rows, names, str(tmp_path), "t")
+    text = compact(read_rows(str(tmp_path / "t.csv"), metrics=["test ndcg@10"]), metrics=["test ndcg@10"])
+    assert "| 3 (NVIDIA H200) |" in text and "| 200 |" in text
