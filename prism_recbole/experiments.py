@@ -49,6 +49,12 @@ RUN_KEYS = ("best_valid_result", "test_result", "n_params", "epoch_times", "wall
             "checkpoint", "device")
 
 
+def timed_on_suffix(timed_on):
+    """What follows a time in a table: nothing for the CPU (or a CSV written before runs
+    recorded their device), `` (NVIDIA H200)`` for a time measured on that GPU."""
+    return "" if not timed_on or timed_on == "cpu" else f" ({timed_on})"
+
+
 def check_same_variant(where, logged, now):
     """One label must always mean one model with one set of options (the runs of a label are
     averaged): a label logged with other options than ``now`` ends in an error naming both."""
@@ -192,7 +198,7 @@ def summarize(results, reference=None):
         devices = [run.get("device", "cpu") for run in res.runs]
         row["timed on"] = "cpu" if "cpu" in devices or not devices else devices[0]
         row["devices"] = ", ".join(f"{d} {devices.count(d)}" for d in dict.fromkeys(devices))
-        timed = [run for run in res.runs if run.get("device", "cpu") == row["timed on"]]
+        timed = [run for run, device in zip(res.runs, devices) if device == row["timed on"]]
         epoch_times = [t for run in timed for t in run.get("epoch_times", [])]
         row["s/epoch"] = statistics.mean(epoch_times) if epoch_times else math.nan
         # training time of a run to early stopping (validation not counted), mean over seeds
@@ -232,7 +238,7 @@ def markdown_table(rows, metric_names, reference=None, splits=("valid", "test"),
                 if reference:
                     delta = row.get(f"{split} {name} vs {reference} %", math.nan)
                     cells.append("-" if math.isnan(delta) else f"{delta:+.1f} %")
-        on = "" if row.get("timed on", "cpu") == "cpu" else f" ({row['timed on']})"
+        on = timed_on_suffix(row.get("timed on"))
         cells += [_fmt(row["s/epoch"], 1) + on, _fmt(row.get("train s", math.nan), 0) + on, _fmt(row["params"], 0) if isinstance(row["params"], float) else str(row["params"]), row["status"]]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 
-from prism_recbole.experiments import parse_options as parse_option_items
+from prism_recbole.experiments import parse_options as parse_option_items, timed_on_suffix
 from prism_recbole.goal import _f
 
 DEFAULT_METRICS = ("valid ndcg@10", "test hit@10", "test ndcg@10", "test ndcg@20")
@@ -109,8 +109,7 @@ def markdown(rows, metrics=DEFAULT_METRICS, std_on=("test ndcg@10",)):
             if m in std_on and std is not None and int(r["seeds"]) > 1:
                 cell += f" ± {std:.4f}"
             cells.append(cell)
-        on = r.get("timed on") or "cpu"  # older CSVs have no such column: CPU runs
-        cells.append(_f(_number(r["train s"]), 0) + ("" if on == "cpu" else f" ({on})"))
+        cells.append(_f(_number(r["train s"]), 0) + timed_on_suffix(r.get("timed on")))
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 

@@ -241,10 +241,9 @@ def test_plot_names_the_seed_count_when_rows_differ(tmp_path, monkeypatch):
 def test_times_come_from_one_kind_of_machine(tmp_path):
     """A row whose seeds ran on the CPU and on a GPU is timed on its CPU runs; a row that ran on
     a GPU only names the GPU next to its times (runs logged without a device ran on the CPU)."""
-    from prism_recbole.experiments import (Variant, VariantResult, append_run, markdown_table,
-                                           read_runs_log, summarize)
+    from prism_recbole.experiments import (Variant, append_run, markdown_table, read_runs_log,
+                                           summarize, write_tables)
     from prism_recbole.results_table import markdown as compact, read_rows
-    from prism_recbole.experiments import write_tables
 
     def run(seed, epochs, device=None):
         out = {"best_valid_result": {"ndcg@10": 0.1}, "test_result": {"ndcg@10": 0.1},
