@@ -41,7 +41,10 @@ def parse_options(text):
 
 def training_mode(model, options):
     """The training mode of a row, in words, from its model name and options."""
-    if options.get("train_positions", "last") == "all":
+    masked = model in MASKED_ITEM_MODELS
+    if masked and options.get("train_positions", "last") == "all":
+        mode = "masked items, one window per user"
+    elif options.get("train_positions", "last") == "all":
         loss = options.get("position_loss")
         if loss is None:  # follows loss_type (overall.yaml): CE -> ce, BPR -> bce
             loss = "bce" if options.get("loss_type") == "BPR" else "ce"
@@ -54,10 +57,12 @@ def training_mode(model, options):
         else:
             how = str(loss)
         mode = f"all positions, {how}"
-    elif model in MASKED_ITEM_MODELS:
+    elif masked:
         mode = "masked items on RecBole's prefixes"
     else:
         mode = "last (RecBole)"
+    if masked and "mask_ratio" in options:
+        mode += f", mask ratio {options['mask_ratio']}"
     if options.get("prism_freeze_features") is True:
         mode += "; frozen feature tables"
     return mode

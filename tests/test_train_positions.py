@@ -12,7 +12,7 @@ from conftest import small_prism_tables, tiny_config, write_dataset
 
 import run_recbole
 from prism_recbole.config import Config
-from prism_recbole.data.positions import window_rows
+from prism_recbole.data.positions import append_targets, window_rows
 from prism_recbole.model.positions import (
     AllPositionsMixin,
     bce_loss,
@@ -98,6 +98,51 @@ def test_windows_cover_every_training_target_once_and_never_a_held_out_one(strid
     last = load_data(config_for("SASRec", data, tmp_path))[1].dataset.inter_feat
     assert len(last) == sum(len(v) for v in seen.values())
     assert len(inter) == len(last) if stride == 1 else len(inter) < len(last)  # stride 1: every row
+
+
+def test_append_targets_by_hand():
+    from recbole.data.interaction import Interaction
+
+    inter = Interaction({"item_id_list": torch.tensor([[5, 6, 0, 0], [8, 9, 10, 11], [3, 0, 0, 0]]),
+                         "item_length": torch.tensor([2, 4, 1]), "item_id": torch.tensor([7, 12, 4])})
+    append_targets(inter, "item_id_list", "item_length", "item_id")
+    assert inter["item_id_list"].tolist() == [[5, 6, 7, 0], [9, 10, 11, 12], [3, 4, 0, 0]]
+    assert inter["item_length"].tolist() == [3, 4, 2]
+
+
+@pytest.mark.parametrize("stride", [None, 2])
+def test_bert4rec_windows_hold_every_training_item_and_end_with_their_target(stride, data, tmp_path):
+    """BERT4Rec (masked items) with train_positions: all: one window per M training targets,
+    each ending with its row's target; with the default stride every training target once."""
+    # mask_ratio x M must be >= 1: RecBole's transform keeps int(mask_ratio * M) masked items
+    config = config_for("BERT4Rec", data, tmp_path, train_positions="all", position_stride=stride,
+                        mask_ratio=0.5)
+    dataset, train_data, valid_data, _ = load_data(config)
+    inter = train_data.dataset.inter_feat
+    uid, iid = dataset.uid_field, dataset.iid_field
+    seq, lengths = inter[dataset.item_id_list_field], inter[dataset.item_list_length_field]
+    assert (seq[torch.arange(len(seq)), lengths - 1] == inter[iid]).all()  # ends with its target
+    assert ((seq > 0).sum(1) == lengths).all() and (lengths <= M).all()
+    windows = {}
+    for u, row, n in zip(inter[uid].tolist(), seq.tolist(), lengths.tolist()):
+        windows.setdefault(u, []).append(row[:n])
+    for token, items in user_histories(dataset).items():
+        u = dataset.field2token_id[uid][token]
+        ids = [dataset.field2token_id[iid][i] for i in items]
+        held = [i for w in windows[u] for i in w]
+        # training targets: the 2nd .. (n-2)th items; the 1st is in the first window if it fits
+        if stride is None:  # disjoint windows: every training target once
+            assert held in (ids[:-2], ids[1:-2]), token
+        else:  # overlapping windows: every training target in at least one
+            assert set(ids[1:-2]) <= set(held) <= set(ids[:-2]), token
+        assert windows[u][-1] == ids[:-2][-M:], token
+    # it trains with its own masked-item loss (RecBole's class, no every-position mixin)
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    model = build_model(config, train_data)
+    assert type(model) is BERT4Rec
+    loss = model.calculate_loss(next(iter(train_data)))
+    assert torch.isfinite(loss) and loss.item() > 0
 
 
 def test_with_a_stride_only_the_last_positions_are_scored():
@@ -208,7 +253,7 @@ def test_causal_prism_refuses_full_mean_and_item_level():
             PRISMLayer(tables, missing, hidden_size=4, causal=True, **bad)
 
 
-@pytest.mark.parametrize("name", ["BERT4Rec", "PRISM_BERT4Rec", "MMSR", "NARM", "STAMP", "Caser",
+@pytest.mark.parametrize("name", ["PRISM_BERT4Rec", "MMSR", "NARM", "STAMP", "Caser",
                                   "PRISM_NARM"])
 def test_models_that_cannot_score_every_position_get_one_clear_error(name, data, tmp_path):
     with pytest.raises(ValueError, match=f"train_positions: all.*{name}.*train_positions: last"):

@@ -26,6 +26,14 @@ of context once the history is longer than M, at the cost of about M / S times t
 Row k's list holds min(k + 1, M) items; the kept rows are k = K - 1, K - 1 - S, ...; the first
 one, k_0 = (K - 1) % S < S, holds at most S items and covers targets 0 .. k_0, and each later
 row k covers (k - S, k] with its last S positions.
+
+Masked-item models (RecBole's BERT4Rec, ``transform: mask_itemseq``) read no targets: they mask
+items of ``item_id_list`` and predict them.  For them each kept row's list also takes the row's
+target (``item_id``) after its last item, dropping the oldest item when the list is full, so a
+window holds the up to M items that end with its target: with the default stride the windows
+are disjoint and hold every training target once (and the user's first item, which is no
+target, when the first window has room for it), the original BERT4Rec's training on whole
+sequences.  Only ``item_id_list`` and ``item_length`` change.
 """
 import numpy as np
 import torch
@@ -84,6 +92,22 @@ def window_rows(user_ids, max_len):
     return np.flatnonzero((size - 1 - rank) % max_len == 0)  # (K - 1 - k) % M == 0
 
 
+def masked_item_training(config):
+    """Whether the model learns from masked items of its input list (RecBole's BERT4Rec)."""
+    return "transform" in config and config["transform"] == "mask_itemseq"
+
+
+def append_targets(inter, list_field, length_field, target_field):
+    """In place: each row's target after the last item of its list (right-padded); a full list
+    drops its oldest item first."""
+    seq, length, target = inter[list_field], inter[length_field], inter[target_field]
+    full = length >= seq.shape[1]
+    seq[full] = torch.roll(seq[full], shifts=-1, dims=1)
+    position = torch.where(full, length - 1, length)
+    seq[torch.arange(len(seq)), position] = target
+    inter[length_field] = torch.where(full, length, length + 1)
+
+
 class AllPositionsDatasetMixin:
     """Placed before a RecBole ``SequentialDataset``: windows in the training split (above)."""
 
@@ -94,11 +118,16 @@ class AllPositionsDatasetMixin:
         train = datasets[0]
         stride = position_stride_option(self.config)
         keep = window_rows(train.inter_feat[self.uid_field].numpy(), stride)
-        datasets[0] = train.copy(train.inter_feat[torch.as_tensor(keep)])
+        inter = train.inter_feat[torch.as_tensor(keep)]
+        masked = masked_item_training(self.config)
+        if masked:
+            append_targets(inter, self.item_id_list_field, self.item_list_length_field, self.iid_field)
+        datasets[0] = train.copy(inter)
         self.logger.info(
             f"train_positions: all: {len(keep)} training windows of up to "
             f"{self.max_item_list_len} positions, stride {stride} "
             f"(from {len(train.inter_feat)} prefix rows)"
+            + ("; each window ends with its target (masked-item training)" if masked else "")
         )
         return datasets
 

@@ -34,6 +34,12 @@ over those positions (s_t = h_t·v_y, v = the item table the backbone scores wit
   t = ``gbce_t`` (t = 0: BCE; t = 1: fully calibrated).
 
 ``position_loss: ~`` follows RecBole's ``loss_type``: CE -> ``ce``, BPR -> ``bce``.
+
+RecBole's BERT4Rec is not causal, and needs no mixin: with ``train_positions: all`` it keeps its
+own masked-item loss (``mask_ratio``, ``ft_ratio``, ``loss_type``) and the dataset gives it one
+window per M training items, each window ending with its row's target (the original BERT4Rec's
+training on whole sequences, instead of RecBole's one row per prefix; see
+:mod:`prism_recbole.data.positions`).  The ``position_*`` options do not apply to it.
 """
 import torch
 import torch.nn.functional as F
@@ -43,6 +49,8 @@ from prism_recbole.data.positions import position_stride_option, train_positions
 
 # RecBole backbones whose forward is causal and ends with gather_indexes(output, len - 1)
 ALL_POSITIONS_BACKBONES = ("SASRec", "GRU4Rec", "SASRecF", "FDSA")
+# RecBole models trained on masked items: train_positions: all gives them whole windows
+MASKED_ITEM_BACKBONES = ("BERT4Rec",)
 POSITION_LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 POSITION_SAMPLERS = ("uniform", "in_batch")
 NEGATIVE_SHARING = ("position", "batch")
@@ -292,11 +300,14 @@ def with_all_positions(model_class):
     if getattr(model_class, "handles_train_positions", False):
         return model_class  # scores every position with its own loss (e.g. STOSA)
     backbone = recbole_backbone(model_class)
+    if model_class is backbone and backbone.__name__ in MASKED_ITEM_BACKBONES:
+        return model_class  # its own masked-item loss, on whole windows (see module docs)
     if backbone is None or backbone.__name__ not in ALL_POSITIONS_BACKBONES:
         raise ValueError(
             f"train_positions: all needs a causal model whose forward scores every position "
             f"({', '.join(ALL_POSITIONS_BACKBONES)} and the models built on them, e.g. "
-            f"PRISM_SASRec, PRISM_GRU4Rec, SASRecF_MM); {model_class.__name__} "
+            f"PRISM_SASRec, PRISM_GRU4Rec, SASRecF_MM) or RecBole's own "
+            f"{', '.join(MASKED_ITEM_BACKBONES)}; {model_class.__name__} "
             f"{'is built on ' + backbone.__name__ if backbone else 'has no RecBole backbone'}, "
             "which does not. Use train_positions: last for this model."
         )
