@@ -128,6 +128,16 @@ class Config(RecBoleConfig):
 
             train_positions_option(final)  # a bad value names the option
             with_all_positions(self.model_class)  # a model that cannot: say so before loading
+        if final.get("transform") == "mask_itemseq":  # BERT4Rec-style masked-item training
+            # RecBole's transform keeps int(mask_ratio * M) masked items per row and fails
+            # deep in a batch (a ragged tensor) when that is 0
+            ratio, max_len = final.get("mask_ratio"), final.get("MAX_ITEM_LIST_LENGTH")
+            if ratio is not None and max_len is not None and int(float(ratio) * int(max_len)) < 1:
+                raise ValueError(
+                    f"options mask_ratio ({ratio}) and MAX_ITEM_LIST_LENGTH ({max_len}): "
+                    "mask_ratio x MAX_ITEM_LIST_LENGTH must be at least 1 (RecBole's masked-item "
+                    "transform keeps int(mask_ratio x MAX_ITEM_LIST_LENGTH) masked items per row)"
+                )
 
         if getattr(self.model_class, "backbone_name", None):
             known = {k for k in self._own_model_options if k.startswith("prism_")}

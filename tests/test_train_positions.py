@@ -111,7 +111,7 @@ def test_append_targets_by_hand():
 
 
 @pytest.mark.parametrize("stride", [None, 2])
-def test_bert4rec_windows_hold_every_training_item_and_end_with_their_target(stride, data, tmp_path):
+def test_bert4rec_windows_hold_every_training_target_and_end_with_it(stride, data, tmp_path):
     """BERT4Rec (masked items) with train_positions: all: one window per M training targets,
     each ending with its row's target; with the default stride every training target once."""
     # mask_ratio x M must be >= 1: RecBole's transform keeps int(mask_ratio * M) masked items
@@ -261,6 +261,8 @@ def test_models_that_cannot_score_every_position_get_one_clear_error(name, data,
 
 
 def test_bad_options_name_the_option(data, tmp_path):
+    with pytest.raises(ValueError, match="mask_ratio.*MAX_ITEM_LIST_LENGTH"):  # int(0.2 x 4) = 0
+        config_for("BERT4Rec", data, tmp_path, mask_ratio=0.2)
     with pytest.raises(ValueError, match="train_positions"):
         config_for("SASRec", data, tmp_path, train_positions="every")
     for key, value in (("position_loss", "hinge"), ("position_negatives", 0),
