@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from prism_recbole.config import parse_list_option
 from prism_recbole.data.positions import train_positions_option
+from prism_recbole.model.decoupled_attention import ATTENTION_MODES, decouple_attention
 from prism_recbole.model.prism_layer import (EXPERT_KINDS, FUSION_MODES, GATE_INPUTS,
                                              INTERVENTIONS, REPLACEMENTS, TRIPLET_DISTANCES,
                                              PRISMLayer)
@@ -52,6 +53,8 @@ from prism_recbole.model.prism_layer import (EXPERT_KINDS, FUSION_MODES, GATE_IN
 ITEM_SIDES = ("id", "id+modal")
 # backbones whose forward ends with exactly one gather_indexes(output, item_seq_len - 1)
 GATE_ON_STATE_BACKBONES = ("SASRec", "GRU4Rec")
+# backbones whose self.trm_encoder is a causal RecBole TransformerEncoder (prism_attention)
+DECOUPLED_ATTENTION_BACKBONES = ("SASRec",)
 
 
 def _float_option(config, key):
@@ -231,6 +234,18 @@ class PRISMPlugin:
                     f"whose input has {len(self.prism_streams)} embedding streams"
                 )
             self.item_embedding = ModalItemEmbedding(self.item_embedding, self.prism)
+        # prism_attention: decoupled: PRISM's addition enters the attention scores only
+        self.prism_attention = _choice_option(config, "prism_attention", ATTENTION_MODES, "input")
+        self._prism_side = None
+        if self.prism_attention == "decoupled":
+            if self.backbone_name not in DECOUPLED_ATTENTION_BACKBONES:
+                raise ValueError(
+                    f"prism_attention: decoupled is available for "
+                    f"{', '.join('PRISM_' + b for b in DECOUPLED_ATTENTION_BACKBONES)} only, "
+                    f"not {type(self).__name__}"
+                )
+            self._prism_side = decouple_attention(
+                self.trm_encoder, float(config["layer_norm_eps"] or 1e-12), self._init_weights)
         self.prism_id_dropout = _float_option(config, "prism_id_dropout")
         if not 0.0 <= self.prism_id_dropout < 1.0:
             raise ValueError(f"option prism_id_dropout must be in [0, 1), got {self.prism_id_dropout}")
@@ -304,6 +319,8 @@ class PRISMPlugin:
             return super().forward(*args, **kwargs)
         finally:
             self._prism_sequence = self._prism_sequence_len = None
+            if self._prism_side is not None:
+                self._prism_side.value = None
 
     def _prism_embedding_hook(self, stream, module, inputs, output):
         if not self.prism_active or self._prism_sequence is None or inputs[0] is not self._prism_sequence:
@@ -332,6 +349,9 @@ class PRISMPlugin:
         add_emb = out.add_emb
         if not self.prism_keep_add_emb:  # one [B, L, D] tensor less kept after the call
             out.add_emb = None
+        if self._prism_side is not None:  # decoupled: the layers' attention scores read it
+            self._prism_side.value = add_emb
+            return output
         if output.dtype == add_emb.dtype:  # in place: the embedding's backward does not need it
             return output.add_(add_emb)
         return output + add_emb
