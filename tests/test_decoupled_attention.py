@@ -141,3 +141,19 @@ def test_trains_and_evaluates_through_run_recbole(positions, data, tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["run_recbole.py"] + argv)
     result = run_recbole.main(argv)
     assert "ndcg@10" in result["test_result"]
+
+
+def test_input_plus_decoupled_keeps_the_input_sum(data, tmp_path):
+    both, batch = built(data, tmp_path, prism_attention="input+decoupled")
+    summed, _ = built(data, tmp_path, prism_attention="input")
+    unexpected = summed.load_state_dict(both.state_dict(), strict=False).unexpected_keys
+    assert unexpected and all(".side_" in key for key in unexpected)
+    with torch.no_grad():
+        assert not torch.allclose(output(both, batch), output(summed, batch))
+        for layer in both.trm_encoder.layer:
+            layer.multi_head_attention.side_key.weight.zero_()
+            layer.multi_head_attention.side_key.bias.zero_()
+        torch.testing.assert_close(output(both, batch), output(summed, batch))
+        # and the input sum is what separates it from the decoupled model with the same weights
+        both.prism_attention = "decoupled"
+        assert not torch.allclose(output(both, batch), output(summed, batch))

@@ -15,14 +15,15 @@ attention matrix (one D-wide vector has to carry ID, position and features), whi
 score streams do not, and the features cannot overwrite the ID signal in the values.  Here the
 position stays in the hidden stream (DIF-SR gives it its own stream as well), and the side
 stream is PRISM's whole addition, so the experts, the gate and the auxiliary losses are
-unchanged.  The mask is SASRec's (causal plus padding), and ``a_t`` uses items up to ``t``
+unchanged.  ``input+decoupled`` keeps the input sum as well and adds the score stream on
+top (DIF-SR without the decoupling of the values).  The mask is SASRec's (causal plus padding), and ``a_t`` uses items up to ``t``
 only in the all-positions training, so no key carries a later item.
 """
 import torch
 import torch.nn as nn
 from recbole.model.layers import MultiHeadAttention
 
-ATTENTION_MODES = ("input", "decoupled")
+ATTENTION_MODES = ("input", "decoupled", "input+decoupled")
 
 
 class SideStream:

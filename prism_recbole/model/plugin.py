@@ -237,10 +237,10 @@ class PRISMPlugin:
         # prism_attention: decoupled: PRISM's addition enters the attention scores only
         self.prism_attention = _choice_option(config, "prism_attention", ATTENTION_MODES, "input")
         self._prism_side = None
-        if self.prism_attention == "decoupled":
+        if self.prism_attention != "input":
             if self.backbone_name not in DECOUPLED_ATTENTION_BACKBONES:
                 raise ValueError(
-                    f"prism_attention: decoupled is available for "
+                    f"prism_attention: {self.prism_attention} is available for "
                     f"{', '.join('PRISM_' + b for b in DECOUPLED_ATTENTION_BACKBONES)} only, "
                     f"not {type(self).__name__}"
                 )
@@ -349,9 +349,10 @@ class PRISMPlugin:
         add_emb = out.add_emb
         if not self.prism_keep_add_emb:  # one [B, L, D] tensor less kept after the call
             out.add_emb = None
-        if self._prism_side is not None:  # decoupled: the layers' attention scores read it
+        if self._prism_side is not None:  # the layers' attention scores read it
             self._prism_side.value = add_emb
-            return output
+            if self.prism_attention == "decoupled":  # ... and the input does not
+                return output
         if output.dtype == add_emb.dtype:  # in place: the embedding's backward does not need it
             return output.add_(add_emb)
         return output + add_emb
