@@ -128,6 +128,7 @@ class Config(RecBoleConfig):
 
             train_positions_option(final)  # a bad value names the option
             with_all_positions(self.model_class)  # a model that cannot: say so before loading
+            self._check_masked_item_options(external)
         if final.get("transform") == "mask_itemseq":  # BERT4Rec-style masked-item training
             # RecBole's transform keeps int(mask_ratio * M) masked items per row and fails
             # deep in a batch (a ragged tensor) when that is 0
@@ -149,6 +150,23 @@ class Config(RecBoleConfig):
                 )
             self._check_ablation_options(final, external)
         return final
+
+    def _check_masked_item_options(self, external):
+        """RecBole's BERT4Rec keeps its own masked-item loss in the window training: the loss
+        and negative options of the every-position losses would be silently ignored."""
+        from prism_recbole.model.positions import MASKED_ITEM_BACKBONES, recbole_backbone
+
+        cls = self.model_class
+        if recbole_backbone(cls) is not cls or cls.__name__ not in MASKED_ITEM_BACKBONES:
+            return
+        for key in ("position_loss", "position_negatives", "position_negative_sharing",
+                    "position_sampler", "gbce_t", "position_chunk_size"):
+            if external.get(key) is not None:
+                raise ValueError(
+                    f"option {key} has no effect on {cls.__name__} with train_positions: all: "
+                    f"it trains whole windows with its own masked-item loss (options "
+                    f"mask_ratio and position_stride apply); remove {key}"
+                )
 
     def _load_time_field(self, final):
         """Sequential models order each user's items by ``TIME_FIELD``: load it by default.

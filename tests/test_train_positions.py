@@ -265,6 +265,10 @@ def test_bad_options_name_the_option(data, tmp_path):
         config_for("BERT4Rec", data, tmp_path, mask_ratio=0.2)
     with pytest.raises(ValueError, match="train_positions"):
         config_for("SASRec", data, tmp_path, train_positions="every")
+    for key, value in (("position_loss", "ce"), ("position_negatives", 64), ("gbce_t", 0.5)):
+        with pytest.raises(ValueError, match=f"option {key} has no effect on BERT4Rec"):
+            config_for("BERT4Rec", data, tmp_path, train_positions="all", mask_ratio=0.5, **{key: value})
+    config_for("BERT4Rec", data, tmp_path, train_positions="all", mask_ratio=0.5, position_stride=2)
     for key, value in (("position_loss", "hinge"), ("position_negatives", 0),
                        ("position_sampler", "popular"), ("gbce_t", 2),
                        ("position_negative_sharing", "user")):
