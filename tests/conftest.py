@@ -115,6 +115,20 @@ def tiny_config(data_path, checkpoint_dir, **overrides):
     return config
 
 
+def run_cli(monkeypatch, tmp_path, options, *argv):
+    """``run_recbole.py`` as a user runs it: ``options`` in a YAML file given with
+    ``--config_files``, ``argv`` on the command line; returns ``run_recbole.main``'s result."""
+    import yaml
+
+    import run_recbole
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(options))
+    argv = [*argv, f"--config_files={path}"]
+    monkeypatch.setattr(sys, "argv", ["run_recbole.py"] + argv)
+    return run_recbole.main(argv)
+
+
 @pytest.fixture(autouse=True)
 def _clean_argv_and_cwd(monkeypatch, tmp_path):
     """RecBole's Config reads sys.argv and logs to ./log: isolate both per test."""

@@ -1,13 +1,10 @@
 """prism_attention: decoupled -- PRISM's addition enters SASRec's attention scores only."""
 import math
-import sys
 
 import pytest
 import torch
-import yaml
-from conftest import tiny_config, write_dataset
+from conftest import run_cli, tiny_config, write_dataset
 
-import run_recbole
 from prism_recbole.config import Config
 from prism_recbole.model.decoupled_attention import DecoupledMultiHeadAttention
 from prism_recbole.quick_start import build_model, load_data
@@ -134,12 +131,8 @@ def test_other_backbones_and_bad_values_name_the_option(data, tmp_path):
 @pytest.mark.parametrize("positions", ["last", "all"])
 def test_trains_and_evaluates_through_run_recbole(positions, data, tmp_path, monkeypatch):
     options = tiny_config(data, str(tmp_path / "saved"), MAX_ITEM_LIST_LENGTH=M, embedding_size=16)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(options))
-    argv = ["--model=PRISM_SASRec", "--dataset=tiny", f"--config_files={path}", "--epochs=2",
-            f"--train_positions={positions}", "--prism_attention=decoupled"]
-    monkeypatch.setattr(sys, "argv", ["run_recbole.py"] + argv)
-    result = run_recbole.main(argv)
+    result = run_cli(monkeypatch, tmp_path, options, "--model=PRISM_SASRec", "--dataset=tiny",
+                     "--epochs=2", f"--train_positions={positions}", "--prism_attention=decoupled")
     assert "ndcg@10" in result["test_result"]
 
 

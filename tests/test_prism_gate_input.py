@@ -1,12 +1,8 @@
 """prism_gate_input: backbone_state -- the gate reads the backbone's output, z joins it."""
-import sys
-
 import pytest
 import torch
-import yaml
-from conftest import small_prism_tables, tiny_config, write_dataset
+from conftest import run_cli, small_prism_tables, tiny_config, write_dataset
 
-import run_recbole
 from prism_recbole.config import Config
 from prism_recbole.model.prism_layer import PRISMLayer
 from prism_recbole.quick_start import build_model, load_data
@@ -130,10 +126,6 @@ def test_only_for_backbones_that_end_with_gather_indexes(data, tmp_path):
 @pytest.mark.parametrize("positions", ["last", "all"])
 def test_trains_and_evaluates_through_run_recbole(positions, data, tmp_path, monkeypatch):
     options = tiny_config(data, str(tmp_path / "saved"), MAX_ITEM_LIST_LENGTH=M, embedding_size=16)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(options))
-    argv = ["--model=PRISM_SASRec", "--dataset=tiny", f"--config_files={path}", "--epochs=2",
-            f"--train_positions={positions}", "--prism_gate_input=backbone_state"]
-    monkeypatch.setattr(sys, "argv", ["run_recbole.py"] + argv)
-    result = run_recbole.main(argv)
+    result = run_cli(monkeypatch, tmp_path, options, "--model=PRISM_SASRec", "--dataset=tiny",
+                     "--epochs=2", f"--train_positions={positions}", "--prism_gate_input=backbone_state")
     assert "ndcg@10" in result["test_result"]
