@@ -154,10 +154,10 @@ class Config(RecBoleConfig):
     def _check_masked_item_options(self, external):
         """RecBole's BERT4Rec keeps its own masked-item loss in the window training: the loss
         and negative options of the every-position losses would be silently ignored."""
-        from prism_recbole.model.positions import MASKED_ITEM_BACKBONES, recbole_backbone
+        from prism_recbole.model.positions import is_masked_item_model
 
         cls = self.model_class
-        if recbole_backbone(cls) is not cls or cls.__name__ not in MASKED_ITEM_BACKBONES:
+        if not is_masked_item_model(cls):
             return
         for key in ("position_loss", "position_negatives", "position_negative_sharing",
                     "position_sampler", "gbce_t", "position_chunk_size"):

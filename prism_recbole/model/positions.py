@@ -292,6 +292,11 @@ def recbole_backbone(model_class):
     return None
 
 
+def is_masked_item_model(model_class):
+    """RecBole's own masked-item model (BERT4Rec itself, not a class built on it)."""
+    return recbole_backbone(model_class) is model_class and model_class.__name__ in MASKED_ITEM_BACKBONES
+
+
 def with_all_positions(model_class):
     """``model_class`` with :class:`AllPositionsMixin` just before its RecBole backbone, or a
     clear error when the model cannot score every position."""
@@ -299,9 +304,9 @@ def with_all_positions(model_class):
         return model_class
     if getattr(model_class, "handles_train_positions", False):
         return model_class  # scores every position with its own loss (e.g. STOSA)
-    backbone = recbole_backbone(model_class)
-    if model_class is backbone and backbone.__name__ in MASKED_ITEM_BACKBONES:
+    if is_masked_item_model(model_class):
         return model_class  # its own masked-item loss, on whole windows (see module docs)
+    backbone = recbole_backbone(model_class)
     if backbone is None or backbone.__name__ not in ALL_POSITIONS_BACKBONES:
         raise ValueError(
             f"train_positions: all needs a causal model whose forward scores every position "
