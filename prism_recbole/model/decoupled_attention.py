@@ -54,17 +54,13 @@ class DecoupledMultiHeadAttention(MultiHeadAttention):
         side = self.side.value
         if side is None:
             return super().forward(input_tensor, attention_mask)
-        query, key, value = (self._heads(f(input_tensor)) for f in (self.query, self.key, self.value))
+        # q^a · k^a / sqrt(d_head) enters RecBole's additive mask, so RecBole's own forward adds
+        # it to q^h · k^h / sqrt(d_head): the same scores, with SASRec's softmax, dropout,
+        # values and output layer untouched.
         side = self.side_norm(side)
-        side_query, side_key = self._heads(self.side_query(side)), self._heads(self.side_key(side))
-        scores = (torch.matmul(query, key.transpose(-1, -2))
-                  + torch.matmul(side_query, side_key.transpose(-1, -2)))
-        scores = scores / self.sqrt_attention_head_size + attention_mask
-        probs = self.attn_dropout(self.softmax(scores))
-        context = torch.matmul(probs, value).permute(0, 2, 1, 3).contiguous()
-        context = context.view(*context.size()[:-2], self.all_head_size)
-        hidden_states = self.out_dropout(self.dense(context))
-        return self.LayerNorm(hidden_states + input_tensor)
+        side_scores = torch.matmul(self._heads(self.side_query(side)),
+                                   self._heads(self.side_key(side)).transpose(-1, -2))
+        return super().forward(input_tensor, attention_mask + side_scores / self.sqrt_attention_head_size)
 
 
 def decouple_attention(encoder, layer_norm_eps, init_weights):
