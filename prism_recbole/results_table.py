@@ -65,6 +65,9 @@ def training_mode(model, options):
         mode += f", mask ratio {options['mask_ratio']}"
     if options.get("prism_freeze_features") is True:
         mode += "; frozen feature tables"
+    transform = {"center": "centred", "whiten": "whitened"}.get(options.get("prism_feature_transform"))
+    if transform:
+        mode += f"; {transform} features"
     return mode
 
 

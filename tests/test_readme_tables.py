@@ -69,6 +69,10 @@ def test_parse_options_keeps_values_with_spaces():
     ("PRISM_SASRec", {"train_positions": "all", "position_loss": "ce", "prism_freeze_features": True},
      "all positions, full softmax; frozen feature tables"),
     ("PRISM_SASRec", {"prism_freeze_features": False}, "last (RecBole)"),
+    ("PRISM_SASRec", {"prism_freeze_features": True, "prism_feature_transform": "whiten"},
+     "last (RecBole); frozen feature tables; whitened features"),
+    ("PRISM_SASRec", {"prism_feature_transform": "center"}, "last (RecBole); centred features"),
+    ("PRISM_SASRec", {"prism_feature_transform": "none"}, "last (RecBole)"),
 ])
 def test_training_mode_in_words(model, options, expected):
     assert results_table.training_mode(model, options) == expected

@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from prism_recbole.config import parse_list_option
 from prism_recbole.data.positions import train_positions_option
 from prism_recbole.model.decoupled_attention import ATTENTION_MODES, decouple_attention
-from prism_recbole.model.prism_layer import (EXPERT_KINDS, FUSION_MODES, GATE_INPUTS,
-                                             INTERVENTIONS, REPLACEMENTS, TRIPLET_DISTANCES,
-                                             PRISMLayer)
+from prism_recbole.model.prism_layer import (EXPERT_KINDS, FEATURE_TRANSFORMS, FUSION_MODES,
+                                             GATE_INPUTS, INTERVENTIONS, REPLACEMENTS,
+                                             TRIPLET_DISTANCES, PRISMLayer)
 
 ITEM_SIDES = ("id", "id+modal")
 # backbones whose forward ends with exactly one gather_indexes(output, item_seq_len - 1)
@@ -221,6 +221,7 @@ class PRISMPlugin:
             replace=_choice_option(config, "prism_replace", REPLACEMENTS, "noise"),
             gate_input=_choice_option(config, "prism_gate_input", GATE_INPUTS, "id_summary"),
             triplet_distance=_choice_option(config, "prism_triplet_distance", TRIPLET_DISTANCES, "l2"),
+            feature_transform=_choice_option(config, "prism_feature_transform", FEATURE_TRANSFORMS, "none"),
         )
         if self.prism.gate_input == "backbone_state" and self.backbone_name not in GATE_ON_STATE_BACKBONES:
             raise ValueError(

@@ -80,6 +80,45 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 POOLING_MODES = ("masked_mean", "full_mean")
+FEATURE_TRANSFORMS = ("none", "center", "whiten")
+
+
+def transform_table(table: torch.Tensor, missing: torch.Tensor, mode: str = "none",
+                    eps: float = 1e-5) -> torch.Tensor:
+    """``prism_feature_transform`` (an extension; the authors feed the vectors as they are):
+    re-express one modality table F_m [N, d] before PRISM reads it.  Statistics come from the
+    rows of real items that have the modality (row 0, padding, and missing rows excluded; those
+    rows stay as they are), with no interactions involved.
+
+        center:  F_i <- (F_i - μ) / ||F_i - μ||                 remove the shared direction
+        whiten:  F_i <- W (F_i - μ) / ||W (F_i - μ)||,  W = U diag(1/sqrt(λ + eps·λ̄)) Uᵀ
+                 (ZCA: Σ = U diag(λ) Uᵀ, the covariance of the rows; λ̄ its mean eigenvalue)
+
+    Rows are L2-normalised again, so the projections W_m see vectors of the scale they are
+    initialised for (CLIP's unit vectors).  Why: pre-trained embeddings are anisotropic (CLIP
+    text vectors have mean pairwise cosines above 0.5), which makes every item look alike to
+    the projection; WhitenRec (arXiv 2402.10602) whitens them.
+    """
+    if mode not in FEATURE_TRANSFORMS:
+        raise ValueError(
+            f"option prism_feature_transform must be one of {', '.join(FEATURE_TRANSFORMS)}, got {mode!r}"
+        )
+    if mode == "none":
+        return table
+    rows = ~missing[: table.shape[0]].clone()
+    rows[0] = False
+    if int(rows.sum()) < 2:
+        raise ValueError(f"prism_feature_transform: {mode} needs at least two items with the modality")
+    x = table.double()
+    real = x[rows]
+    centred = x - real.mean(dim=0)
+    if mode == "whiten":
+        eigenvalues, vectors = torch.linalg.eigh(torch.cov(real.T))
+        eigenvalues = eigenvalues.clamp(min=0.0)
+        scale = (eigenvalues + eps * eigenvalues.mean()).rsqrt()
+        centred = centred @ (vectors * scale) @ vectors.T
+    out = F.normalize(centred, dim=1).to(table.dtype)
+    return torch.where(rows.unsqueeze(1), out, table)
 
 
 @dataclass
@@ -438,8 +477,9 @@ class PRISMLayer(nn.Module):
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
                  fusion_level="sequence", item_features=True, fusion="adaptive",
                  experts=EXPERT_KINDS, aux_loss=True, causal=False, replace="noise",
-                 gate_input="id_summary", triplet_distance="l2"):
+                 gate_input="id_summary", triplet_distance="l2", feature_transform="none"):
         super().__init__()
+        tables = [transform_table(t, miss, feature_transform) for t, miss in zip(tables, missing)]
         if gate_input not in GATE_INPUTS:
             raise ValueError(
                 f"option prism_gate_input must be one of {', '.join(GATE_INPUTS)}, got {gate_input!r}"
