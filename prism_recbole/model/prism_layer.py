@@ -95,9 +95,10 @@ def transform_table(table: torch.Tensor, missing: torch.Tensor, mode: str = "non
                  (ZCA: Σ = U diag(λ) Uᵀ, the covariance of the rows; λ̄ its mean eigenvalue)
 
     Rows are L2-normalised again, so the projections W_m see vectors of the scale they are
-    initialised for (CLIP's unit vectors).  Why: pre-trained embeddings are anisotropic (CLIP
-    text vectors have mean pairwise cosines above 0.5), which makes every item look alike to
-    the projection; WhitenRec (arXiv 2402.10602) whitens them.
+    initialised for (CLIP's unit vectors).  Why: pre-trained text embeddings are anisotropic
+    (WhitenRec, arXiv 2402.10602: mean pairwise cosines above 0.8), which makes every item look
+    alike to the projection; WhitenRec whitens them.  ``python -m prism_recbole.feature_stats``
+    measures it for a ``.item`` file.
     """
     if mode not in FEATURE_TRANSFORMS:
         raise ValueError(
