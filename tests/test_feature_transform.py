@@ -5,6 +5,7 @@ import torch
 from conftest import run_cli, tiny_config, write_dataset
 
 from prism_recbole.config import Config
+from prism_recbole.feature_stats import mean_pairwise_cosine
 from prism_recbole.model.prism_layer import transform_table
 from prism_recbole.quick_start import build_model, load_data
 
@@ -19,13 +20,6 @@ def anisotropic_table(n=200, d=8, seed=0):
     missing[[5, 9]] = True
     x[missing] = 0.0
     return torch.tensor(x, dtype=torch.float32), torch.tensor(missing)
-
-
-def mean_pairwise_cosine(x):
-    x = x / x.norm(dim=1, keepdim=True)
-    c = x @ x.T
-    n = len(x)
-    return float((c.sum() - c.diagonal().sum()) / (n * (n - 1)))
 
 
 def test_center_and_whiten_by_hand():
