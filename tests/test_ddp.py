@@ -7,6 +7,7 @@ this process compares.  No GPU is needed (nor used).
 """
 import glob
 import os
+import random
 import socket
 
 import pytest
@@ -25,10 +26,44 @@ pytestmark = pytest.mark.skipif(
 WORLD = 2
 
 
+_PORT_RNG = random.Random(os.getpid())
+
+
+def _ephemeral_low():
+    """The first port of the kernel's ephemeral (connect-time) range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; the IANA range (macOS, Windows) starts at 49152
+
+
 def free_port():
+    """A free TCP port *below* the kernel's ephemeral range.
+
+    ``bind(("", 0))`` would return a port inside that range, released before rank 0's store
+    binds it; meanwhile rank 1 keeps connecting to it, and each connect draws an ephemeral
+    source port, which can be that very port: a TCP self-connect (simultaneous open) that
+    steals the port and leaves rank 1 talking to itself (a known class of flaky tests, e.g.
+    ZOOKEEPER-2101, KAFKA-1836).  A port outside the range is never drawn by connect()."""
+    low = _ephemeral_low()
+    ports = list(range(max(1024, low - 12000), low))
+    _PORT_RNG.shuffle(ports)  # one generator per test process: each call starts elsewhere
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
+
+
+def test_free_port_is_bindable_and_never_a_connect_time_port():
+    port = free_port()
+    assert 1024 <= port < _ephemeral_low()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.bind(("127.0.0.1", port))
 
 
 def ddp_options(port, **overrides):
