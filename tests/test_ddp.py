@@ -41,8 +41,8 @@ def _ephemeral_low():
 def free_port():
     """A free TCP port *below* the kernel's ephemeral range.
 
-    ``bind(("", 0))`` would return a port inside that range, released before rank 0's store
-    binds it; meanwhile rank 1 keeps connecting to it, and each connect draws an ephemeral
+    ``bind(("127.0.0.1", 0))`` (what this helper did before) returns a port inside that range,
+    released before rank 0's store binds it; meanwhile rank 1 keeps connecting to it, and each connect draws an ephemeral
     source port, which can be that very port: a TCP self-connect (simultaneous open) that
     steals the port and leaves rank 1 talking to itself (a known class of flaky tests, e.g.
     ZOOKEEPER-2101, KAFKA-1836).  A port outside the range is never drawn by connect()."""
