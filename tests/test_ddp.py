@@ -42,10 +42,11 @@ def free_port():
     """A free TCP port *below* the kernel's ephemeral range.
 
     ``bind(("127.0.0.1", 0))`` (what this helper did before) returns a port inside that range,
-    released before rank 0's store binds it; meanwhile rank 1 keeps connecting to it, and each connect draws an ephemeral
-    source port, which can be that very port: a TCP self-connect (simultaneous open) that
-    steals the port and leaves rank 1 talking to itself (a known class of flaky tests, e.g.
-    ZOOKEEPER-2101, KAFKA-1836).  A port outside the range is never drawn by connect()."""
+    released before rank 0's store binds it; meanwhile rank 1 keeps connecting to it, and each
+    connect draws an ephemeral source port, which can be that very port: a TCP self-connect
+    (simultaneous open) that steals the port and leaves rank 1 talking to itself (a known class
+    of flaky tests, e.g. ZOOKEEPER-2101, KAFKA-1836).  A port outside the range is never drawn
+    by connect()."""
     low = _ephemeral_low()
     ports = list(range(max(1024, low - 12000), low))
     _PORT_RNG.shuffle(ports)  # one generator per test process: each call starts elsewhere
