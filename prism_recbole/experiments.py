@@ -119,15 +119,19 @@ def run_variants(variants, dataset, seeds, config_file_list=None, config_dict=No
     results = [VariantResult(variant) for variant in variants]
     wanted = {variant.label for variant in variants}  # a label only in the log is not run again
     if resume and runs_log:
+        # the logged labels keep the log's order and the new ones follow, so that adding
+        # seeds or models does not reorder a table (or chart) built by earlier invocations
         logged = read_runs_log(runs_log)
         by_label = {res.variant.label: res for res in logged}
+        new = []
         for i, variant in enumerate(variants):
-            old = by_label.pop(variant.label, None)
+            old = by_label.get(variant.label)
             if old is None:
+                new.append(results[i])
                 continue
             check_same_variant(runs_log, old.variant, variant)
-            results[i].runs = old.runs
-        results = [res for res in logged if res.variant.label in by_label] + results
+            old.variant = variant
+        results = logged + new
         variants = [res.variant for res in results]
     order = ([(v, s) for s in seeds for v in range(len(variants))] if seed_major
              else [(v, s) for v in range(len(variants)) for s in seeds])
