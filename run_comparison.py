@@ -9,7 +9,8 @@
 A spec ``LABEL=MODEL:key=value,...`` names its row LABEL (else the row is the spec itself).
 Every finished run is appended to <out>/<name>-runs.jsonl; ``--resume`` reads it first, skips
 the (label, seed) runs found there and keeps its other rows in the table, so several
-invocations (more seeds for some models, a model added later) build one table.
+invocations (more seeds for some models, a model added later) build one table; its rows keep
+the log's order, new labels follow.
 
 Every model gets the same config files (configs/<dataset>.yaml unless --config_files) and the
 same --key=value options, so data, split and metrics are shared; a model spec
