@@ -258,6 +258,12 @@ def _distributed_process(local_rank, model, dataset, config_file_list, options, 
                            dict(options, local_rank=local_rank), saved)
         if local_rank == 0:
             queue.put(("result", local_rank, result))
+        if dist.is_available() and dist.is_initialized():
+            # Every rank is done with the group before any destroys it: a rank that tears
+            # gloo down while its peer still reads a pair can abort that peer in C++
+            # ("terminate called without an active exception"). Success path only: a failed
+            # rank never reaches here, and spawn then ends the other.
+            dist.barrier()
     except Exception as err:
         try:  # the parent must be able to rebuild it
             pickle.loads(pickle.dumps(err))
