@@ -222,6 +222,7 @@ class PRISMPlugin:
             gate_input=_choice_option(config, "prism_gate_input", GATE_INPUTS, "id_summary"),
             triplet_distance=_choice_option(config, "prism_triplet_distance", TRIPLET_DISTANCES, "l2"),
             feature_transform=_choice_option(config, "prism_feature_transform", FEATURE_TRANSFORMS, "none"),
+            gate_balance=_float_option(config, "prism_gate_balance"),
         )
         if self.prism.gate_input == "backbone_state" and self.backbone_name not in GATE_ON_STATE_BACKBONES:
             raise ValueError(

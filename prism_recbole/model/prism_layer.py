@@ -26,6 +26,11 @@ Auxiliary losses (training only), as in the authors' code (I2MoE's losses):
 Adaptive Fusion Layer: a gate over the experts, personalised by the user's ID summary ē:
     w          = softmax( MLP([h_1 ; ... ; h_K ; ē]) / τ )  (K weights per user, sum 1)
     z          = Σ_k w_k h_k                               fused vector (D)
+    L_bal      = K Σ_k (mean_b w_bk)² - 1                  (extension, ``prism_gate_balance``:
+                 Shazeer et al.'s importance loss, the squared coefficient of variation of
+                 the experts' mean weights over the batch; 0 when the experts are used
+                 equally on average, K - 1 when one takes all; added as λ_bal L_bal; off, 0,
+                 in the authors' design)
 
 What the backbone receives: at every real position t, e_t + Σ_m x^m_t + z (z broadcast over the
 positions, as the authors' code does); its loss becomes L_rec + L_aux.
@@ -287,6 +292,14 @@ def uniqueness_loss(clean, replaced, m, margin, mask=None, distance="l2"):
     return torch.stack(losses).mean()
 
 
+def gate_balance_loss(weights):
+    """L_bal = K Σ_k (mean_b w_bk)² - 1 for gate weights [N, K] (rows sum to 1): the squared
+    coefficient of variation of the experts' mean weights (Shazeer et al., ICLR 2017)."""
+    importance = weights.mean(dim=0)
+    # var / mean² (= K Σ_k m_k² - 1 since Σ_k m_k = 1), without that form's cancellation
+    return importance.var(unbiased=False) / importance.mean().pow(2)
+
+
 def _cosine(a, b):
     """cos(a, b) over the last dimension, in fp32 (it underflows in half precision)."""
     return F.cosine_similarity(a.float(), b.float(), dim=-1)
@@ -478,7 +491,8 @@ class PRISMLayer(nn.Module):
                  lambda_red=0.1, trainable_features=True, initializer_range=0.02, n_rows=None,
                  fusion_level="sequence", item_features=True, fusion="adaptive",
                  experts=EXPERT_KINDS, aux_loss=True, causal=False, replace="noise",
-                 gate_input="id_summary", triplet_distance="l2", feature_transform="none"):
+                 gate_input="id_summary", triplet_distance="l2", feature_transform="none",
+                 gate_balance=0.0):
         super().__init__()
         tables = [transform_table(t, miss, feature_transform) for t, miss in zip(tables, missing)]
         if gate_input not in GATE_INPUTS:
@@ -488,6 +502,16 @@ class PRISMLayer(nn.Module):
         if gate_input == "backbone_state" and fusion_level != "sequence":
             raise ValueError("prism_gate_input: backbone_state needs prism_fusion_level: sequence")
         self.gate_input = gate_input
+        gate_balance = float(gate_balance)
+        if not gate_balance >= 0.0:  # NaN too
+            raise ValueError(f"option prism_gate_balance must be >= 0, got {gate_balance}")
+        if gate_balance > 0 and (fusion != "adaptive" or gate_input != "id_summary"):
+            raise ValueError(
+                "prism_gate_balance regularises the gate of prism_fusion: adaptive with "
+                f"prism_gate_input: id_summary; got prism_fusion: {fusion}, "
+                f"prism_gate_input: {gate_input}"
+            )
+        self.gate_balance = gate_balance
         self.intervention = None  # one of INTERVENTIONS while a diagnostic evaluation runs
         if causal and fusion != "none" and (pooling != "masked_mean" or fusion_level != "sequence"):
             raise ValueError(
@@ -654,6 +678,7 @@ class PRISMLayer(nn.Module):
                 deferred = (outputs, pool_mask, True)
             else:
                 fused_rows, weight_rows = self.fusion_layer(outputs, user_summary[pool_mask])
+                aux_loss, terms = self._add_gate_balance(weight_rows, aux_loss, terms)
                 per_position = self.intervene(id_emb.new_zeros(B, L, D).masked_scatter(
                     pool_mask.unsqueeze(-1), fused_rows.to(dtype)), pool_mask)
                 fused = fused_rows[last] * has
@@ -669,6 +694,8 @@ class PRISMLayer(nn.Module):
                 deferred = (expert_outputs, pool_mask, False)
             else:
                 fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
+                aux_loss, terms = self._add_gate_balance(
+                    gate_weights if has_items is None else gate_weights[has_items], aux_loss, terms)
                 per_position = self.intervene(fused.unsqueeze(1), pool_mask)  # z, broadcast over the positions
         elif self.fusion != "none":  # item level: experts on each distinct real item
             if not torch.is_grad_enabled():  # evaluation: only the batch's items, not the catalogue
@@ -683,6 +710,7 @@ class PRISMLayer(nn.Module):
             _, user_summary = self.pool(rows, present, index, id_emb, pool_mask)
             expert_outputs = pool_mean(item_outputs.flatten(1), index, pool_mask).view(B, K, D)
             fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
+            aux_loss, terms = self._add_gate_balance(gate_weights[pool_mask.any(dim=1)], aux_loss, terms)
             # z_t = Σ_k w_k h_k(s_t), one [B, L, D] term per expert (never [B, L, K, D]); the
             # user's z where the position holds no real item (BERT4Rec's mask token)
             per_position = (~real_item[index]).unsqueeze(-1).to(dtype) * fused.unsqueeze(1)
@@ -701,6 +729,15 @@ class PRISMLayer(nn.Module):
         else:  # only at the chosen positions (in place: no second [B, L, D] tensor)
             add = add.mul_(mask) if add.dtype == mask.dtype else add * mask
         return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms, deferred)
+
+    def _add_gate_balance(self, weights, aux_loss, terms):
+        """Training with ``prism_gate_balance`` > 0: L_aux += λ_bal L_bal over the gate weights
+        of the real rows ([N, K]: sequences, or positions in the causal mode)."""
+        if not (self.training and self.gate_balance > 0 and weights.shape[0] > 0):
+            return aux_loss, terms
+        balance = gate_balance_loss(weights)
+        terms = dict(terms or {}, gate_balance=balance.detach())
+        return aux_loss + self.gate_balance * balance, terms
 
     def fuse_state(self, deferred, state):
         """``gate_input: backbone_state``: h' = h + z with w = softmax(MLP([h_1 ; ... ; h_K ; h]) / τ),
