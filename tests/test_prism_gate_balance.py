@@ -93,3 +93,15 @@ def test_training_with_the_option_spreads_a_collapsed_gate():
         optimizer.step()
     assert before > 2.0
     assert out.aux_terms["gate_balance"].item() < 0.5 * before
+
+
+def test_item_level_fusion_adds_the_term_over_the_sequences_with_items():
+    torch.manual_seed(0)
+    layer = _layer(gate_balance=2.0, fusion_level="item", aux_loss=False).train()
+    with torch.no_grad():
+        layer.adaptive_fusion.gate[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    seq = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [0, 0, 0, 0]])  # the last sequence is empty
+    out = layer(seq, torch.randn(3, 4, 8) * 0.1, seq > 0)
+    want = gate_balance_loss(out.gate_weights[:2])  # the empty sequence is left out
+    torch.testing.assert_close(out.aux_terms["gate_balance"], want.detach())
+    torch.testing.assert_close(out.aux_loss, 2.0 * want)
