@@ -694,8 +694,7 @@ class PRISMLayer(nn.Module):
                 deferred = (expert_outputs, pool_mask, False)
             else:
                 fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
-                aux_loss, terms = self._add_gate_balance(
-                    gate_weights if has_items is None else gate_weights[has_items], aux_loss, terms)
+                aux_loss, terms = self._add_gate_balance(gate_weights, aux_loss, terms, has_items)
                 per_position = self.intervene(fused.unsqueeze(1), pool_mask)  # z, broadcast over the positions
         elif self.fusion != "none":  # item level: experts on each distinct real item
             if not torch.is_grad_enabled():  # evaluation: only the batch's items, not the catalogue
@@ -710,7 +709,7 @@ class PRISMLayer(nn.Module):
             _, user_summary = self.pool(rows, present, index, id_emb, pool_mask)
             expert_outputs = pool_mean(item_outputs.flatten(1), index, pool_mask).view(B, K, D)
             fused, gate_weights = self.fusion_layer(expert_outputs, user_summary)
-            aux_loss, terms = self._add_gate_balance(gate_weights[pool_mask.any(dim=1)], aux_loss, terms)
+            aux_loss, terms = self._add_gate_balance(gate_weights, aux_loss, terms, pool_mask.any(dim=1))
             # z_t = Σ_k w_k h_k(s_t), one [B, L, D] term per expert (never [B, L, K, D]); the
             # user's z where the position holds no real item (BERT4Rec's mask token)
             per_position = (~real_item[index]).unsqueeze(-1).to(dtype) * fused.unsqueeze(1)
@@ -730,10 +729,15 @@ class PRISMLayer(nn.Module):
             add = add.mul_(mask) if add.dtype == mask.dtype else add * mask
         return PRISMOutput(add, aux_loss, gate_weights, fused, expert_outputs, terms, deferred)
 
-    def _add_gate_balance(self, weights, aux_loss, terms):
+    def _add_gate_balance(self, weights, aux_loss, terms, rows=None):
         """Training with ``prism_gate_balance`` > 0: L_aux += λ_bal L_bal over the gate weights
-        of the real rows ([N, K]: sequences, or positions in the causal mode)."""
-        if not (self.training and self.gate_balance > 0 and weights.shape[0] > 0):
+        ([N, K]: sequences, or positions in the causal mode) of the real rows (``rows`` [N]
+        bool; None: all).  Otherwise nothing is computed, not even the row selection."""
+        if not (self.training and self.gate_balance > 0):
+            return aux_loss, terms
+        if rows is not None:
+            weights = weights[rows]
+        if weights.shape[0] == 0:
             return aux_loss, terms
         balance = gate_balance_loss(weights)
         terms = dict(terms or {}, gate_balance=balance.detach())
