@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import small_prism_tables
 from prism_recbole.config import Config
 from prism_recbole.model.prism_layer import PRISMLayer, gate_balance_loss
 from prism_recbole.quick_start import build_model, load_data
@@ -27,9 +28,8 @@ def test_loss_is_the_squared_coefficient_of_variation_of_the_mean_weights():
 
 
 def _layer(**kw):
-    tables = [torch.randn(6, 5), torch.randn(6, 3)]
-    missing = [torch.zeros(6, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)]
-    return PRISMLayer(tables, missing, hidden_size=8, **kw)
+    tables, missing, common = small_prism_tables()
+    return PRISMLayer(tables, missing, **common, **kw)
 
 
 @pytest.mark.parametrize("kw, match", [
